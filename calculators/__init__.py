@@ -1,0 +1,1 @@
+"""ASE calculators for mlip models. Imports ``mlip`` only."""

@@ -1,0 +1,1 @@
+"""Datasets, losses, trainer and checkpoints for mlip models. Imports ``mlip`` only."""
