@@ -207,7 +207,7 @@ class AtomicGraph:
         fields: dict[str, torch.Tensor | None] = {}
         atom_offsets = np.cumsum([0] + [g.positions.shape[0] for g in graphs[:-1]])
         graph_offsets = np.cumsum([0] + [g.num_graphs for g in graphs[:-1]])
-        for name, spec in keys.FIELDS.items():
+        for name in keys.FIELDS:
             values = [getattr(g, name) for g in graphs]
             present = [v is not None for v in values]
             if not any(present):

@@ -22,9 +22,11 @@ def _as_numpy(value: ArrayLike | None, dtype: type, name: str) -> np.ndarray | N
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     try:
-        return np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        array = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} cannot be converted to a {dtype.__name__} array: {exc}") from None
+    # ascontiguousarray would turn a 0-d array (pbc=True) into shape (1,)
+    return np.ascontiguousarray(array) if array.ndim else array
 
 
 def validate_structure(
@@ -82,7 +84,8 @@ def neighbor_list(
     Returns:
         ``edge_index`` (2, n_edges) int64 with row 0 the receiving atom i and row 1 the
         neighbour j, and ``cell_shifts`` (n_edges, 3) int64 image shifts, both on the CPU.
-        Pairs are sorted by the receiving atom i.
+        The order of pairs is vesin's (deterministic, not sorted); consumers use
+        ``index_add_``/``scatter`` and do not rely on it.
 
     Raises:
         ValueError: NaN/inf positions, ``cutoff <= 0``, a singular cell along a periodic
@@ -105,13 +108,10 @@ def neighbor_list(
     if n_atoms == 0:
         return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 3), dtype=torch.int64)
     calculator = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    first, second, shifts = calculator.compute(
-        positions_np, cell_np, pbc_np.tolist(), quantities="ijS", copy=False
+    pairs, shifts = calculator.compute(
+        positions_np, cell_np, pbc_np.tolist(), quantities="PS", copy=False
     )
-    first = np.asarray(first, dtype=np.int64)
-    second = np.asarray(second, dtype=np.int64)
-    shifts = np.asarray(shifts, dtype=np.int64)
-    order = np.argsort(first, kind="stable")
-    edge_index = torch.from_numpy(np.stack([first[order], second[order]]))
-    cell_shifts = torch.from_numpy(np.ascontiguousarray(shifts[order]))
+    # (E, 2) uint64 pairs -> (2, E) int64; (E, 3) int32 shifts -> int64. One copy each.
+    edge_index = torch.from_numpy(np.ascontiguousarray(pairs.T).astype(np.int64, copy=False))
+    cell_shifts = torch.from_numpy(shifts.astype(np.int64))
     return edge_index, cell_shifts
