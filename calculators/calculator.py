@@ -1,0 +1,228 @@
+"""ASE calculator for exported (or in-memory) mlip models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import (
+    Calculator,
+    PropertyNotImplementedError,
+    all_changes,
+)
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlip import AtomicGraph, keys
+from mlip.export import build_metadata, load
+from mlip.neighbors import neighbor_list
+
+__all__ = ["MLIPCalculator"]
+
+
+class _SkinNeighborList:
+    """Verlet-skin neighbour list: built at ``cutoff + skin``, reused while valid.
+
+    The list is reused while the cell, pbc and atomic numbers are unchanged and no atom moved
+    more than half the skin since it was built; each call returns exactly the pairs within the
+    cutoff (the skin pairs are filtered by distance), so reuse never changes results.
+    """
+
+    def __init__(self, cutoff: float, skin: float) -> None:
+        self.cutoff = cutoff
+        self.skin = skin
+        self.rebuilds = 0
+        self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._pairs: np.ndarray | None = None
+        self._shifts: np.ndarray | None = None
+
+    def _valid(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers) -> bool:
+        if self._reference is None or self.skin <= 0:
+            return False
+        old_positions, old_cell, old_pbc, old_numbers = self._reference
+        if old_positions.shape != positions.shape or not np.array_equal(old_numbers, numbers):
+            return False
+        if not (np.array_equal(old_cell, cell) and np.array_equal(old_pbc, pbc)):
+            return False
+        displacement = np.einsum("ij,ij->i", positions - old_positions, positions - old_positions)
+        return bool(displacement.max(initial=0.0) < (0.5 * self.skin) ** 2)
+
+    def __call__(
+        self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edges within the cutoff: ``edge_index`` (2, E) and ``cell_shifts`` (E, 3), int64."""
+        if not self._valid(positions, cell, pbc, numbers):
+            edge_index, shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
+            self._pairs, self._shifts = edge_index.numpy(), shifts.numpy()
+            self._reference = (positions.copy(), cell.copy(), pbc.copy(), numbers.copy())
+            self.rebuilds += 1
+        pairs, shifts = self._pairs, self._shifts
+        if self.skin <= 0:
+            return torch.from_numpy(pairs), torch.from_numpy(shifts)
+        vectors = positions[pairs[1]] - positions[pairs[0]] + shifts @ cell
+        keep = np.einsum("ij,ij->i", vectors, vectors) <= self.cutoff**2
+        return torch.from_numpy(pairs[:, keep]), torch.from_numpy(shifts[keep])
+
+
+class MLIPCalculator(Calculator):
+    """ASE calculator for an mlip potential.
+
+    Args:
+        model: a path to a file written by :func:`mlip.export.save`, a loaded
+            ``(module, metadata)`` pair from :func:`mlip.export.load`, or an in-memory energy
+            model from :func:`mlip.models.build_model` (scripted on the fly).
+        device: torch device to run on, e.g. ``"cpu"`` or ``"cuda"``.
+        dtype: None to run in the model's own dtype, or ``torch.float32``/``torch.float64``
+            (must match the model; a mismatch is an error rather than a silent cast).
+        skin: Verlet skin in Å for neighbour-list reuse (0 disables reuse).
+
+    Results (float64): ``energy`` and ``free_energy`` (eV), ``forces`` (N, 3) eV/Å,
+    ``energies`` (N,) eV per atom, and ``stress`` (Voigt 6, eV/Å³, ASE sign) for cells periodic
+    in all three directions.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module | tuple[torch.nn.Module, dict[str, Any]],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        skin: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.device = torch.device(device)
+        if isinstance(model, (str, os.PathLike)):
+            module, metadata = load(model, device=self.device)
+        elif isinstance(model, tuple):
+            module, metadata = model
+        elif isinstance(model, torch.nn.Module):
+            from mlip.export import script
+
+            metadata = build_metadata(model)
+            module = script(model)
+        else:
+            raise TypeError(f"model must be a path or a torch module, got {type(model)}")
+        self.model = module.to(self.device).eval()
+        self.metadata = metadata
+        self.cutoff = float(metadata["cutoff"])
+        self.atomic_numbers = [int(z) for z in metadata["atomic_numbers"]]
+        model_dtype = getattr(torch, metadata["model_dtype"])
+        if dtype is not None and dtype != model_dtype:
+            raise ValueError(
+                f"this model runs in {metadata['model_dtype']}; dtype={dtype} was requested "
+                "(export the model in that dtype instead)"
+            )
+        self.dtype = model_dtype
+        self._neighbors = _SkinNeighborList(self.cutoff, skin)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def species(self) -> list[str]:
+        """Element symbols the model knows."""
+        return [chemical_symbols[z] for z in self.atomic_numbers]
+
+    def _check_elements(self, atoms: Atoms) -> None:
+        unknown = sorted(set(atoms.numbers.tolist()) - set(self.atomic_numbers))
+        if unknown:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            raise ValueError(
+                f"element(s) {names} not known to this model; it knows {', '.join(self.species)}"
+            )
+
+    @staticmethod
+    def _fully_periodic(atoms: Atoms) -> bool:
+        return bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+
+    def _run(self, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
+        self.model.compute_stress = stress
+        outputs = self.model(graph.to(self.device).as_dict())
+        return {name: value.detach().to("cpu", torch.float64) for name, value in outputs.items()}
+
+    # ------------------------------------------------------------------ ASE interface
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check_elements(atoms)
+        periodic = self._fully_periodic(atoms)
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                "stress is only defined for cells periodic in all three directions "
+                f"(this structure has pbc={atoms.pbc.tolist()})"
+            )
+        positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
+        cell = np.ascontiguousarray(atoms.cell.array, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        edge_index, cell_shifts = self._neighbors(positions, cell, pbc, atoms.numbers)
+        n_atoms = len(atoms)
+        graph = AtomicGraph(
+            positions=torch.from_numpy(positions),
+            atomic_numbers=torch.from_numpy(atoms.numbers.astype(np.int64)),
+            cell=torch.from_numpy(cell).reshape(1, 3, 3),
+            pbc=torch.from_numpy(pbc.copy()).reshape(1, 3),
+            edge_index=edge_index,
+            cell_shifts=cell_shifts,
+            batch=torch.zeros(n_atoms, dtype=torch.int64),
+            num_atoms=torch.tensor([n_atoms]),
+        )
+        outputs = self._run(graph, stress=periodic)
+        self.results = self._results_of(outputs, 0, slice(0, n_atoms), periodic)
+
+    @staticmethod
+    def _results_of(
+        outputs: dict[str, torch.Tensor], index: int, atoms_slice: slice, periodic: bool
+    ) -> dict[str, Any]:
+        energy = float(outputs[keys.ENERGY][index])
+        results: dict[str, Any] = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": outputs[keys.FORCES][atoms_slice].numpy().copy(),
+            "energies": outputs[keys.ATOMIC_ENERGIES][atoms_slice].numpy().copy(),
+        }
+        if periodic and keys.STRESS in outputs:
+            results["stress"] = full_3x3_to_voigt_6_stress(outputs[keys.STRESS][index].numpy())
+        return results
+
+    def calculate_batch(
+        self, structures: Sequence[Atoms], batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """Evaluate many structures, ``batch_size`` at a time, on the calculator's device.
+
+        Returns one dict per structure with ``energy``, ``free_energy``, ``forces``,
+        ``energies`` and, for 3-D periodic structures, ``stress`` (Voigt 6, eV/Å³).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for index, atoms in enumerate(structures):
+            try:
+                self._check_elements(atoms)
+            except ValueError as exc:
+                raise ValueError(f"structure {index}: {exc}") from None
+        periodic = [self._fully_periodic(atoms) for atoms in structures]
+        results: list[dict[str, Any] | None] = [None] * len(structures)
+        # periodic and non-periodic structures go in separate batches: stress only for the first
+        for want_periodic in (True, False):
+            indices = [i for i, p in enumerate(periodic) if p == want_periodic]
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                graphs = [
+                    AtomicGraph.from_atoms(structures[i], self.cutoff, read_labels=False)
+                    for i in chunk
+                ]
+                outputs = self._run(AtomicGraph.batch(graphs), stress=want_periodic)
+                first_atom = 0
+                for position, i in enumerate(chunk):
+                    atoms_slice = slice(first_atom, first_atom + len(structures[i]))
+                    results[i] = self._results_of(outputs, position, atoms_slice, want_periodic)
+                    first_atom += len(structures[i])
+        return results  # type: ignore[return-value]

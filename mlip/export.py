@@ -1,0 +1,198 @@
+"""Export a model as one TorchScript file with its metadata, and load it back.
+
+The file is a TorchScript archive whose ``_extra_files`` hold ``mlip.json``: the format version,
+package versions, cutoff (Å), species, model dtype, units, outputs, stress convention, the
+model's hyperparameters and training information. The scripted module is a
+:class:`mlip.derivatives.ForceStress` around the energy model, computing energy, per-atom
+energies, forces and (for 3-D periodic structures, when its ``compute_stress`` attribute is
+True) stress. It runs with ``torch`` alone: neither ``mlip`` nor ``e3nn`` is needed to load it.
+
+TorchScript is confined to this module, so a move to ``torch.export`` is a one-file change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ase.data import chemical_symbols
+
+import mlip
+from mlip.derivatives import ForceStress
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load", "save", "script"]
+
+FORMAT_NAME = "mlip-potential"
+FORMAT_VERSION = 1
+METADATA_FILE = "mlip.json"
+
+
+class ModelFileError(ValueError):
+    """A file that is not a readable mlip model (foreign, corrupt or too new)."""
+
+
+def _energy_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.energy_model if isinstance(model, ForceStress) else model
+
+
+def script(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    """Script ``ForceStress(model, forces=True, stress=True)`` in eval mode.
+
+    Args:
+        model: an energy model from :func:`mlip.models.build_model`, or a ``ForceStress``.
+    """
+    energy_model = _energy_model(model)
+    wrapper = ForceStress(energy_model, compute_forces=True, compute_stress=True).eval()
+    try:
+        from e3nn.util.jit import script as e3nn_script
+    except ImportError:  # pragma: no cover - e3nn is a dependency
+        e3nn_script = torch.jit.script
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+        return e3nn_script(wrapper)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"mlip": mlip.__version__, "torch": torch.__version__}
+    try:
+        import e3nn
+
+        versions["e3nn"] = e3nn.__version__
+    except ImportError:  # pragma: no cover
+        versions["e3nn"] = "not installed"
+    return versions
+
+
+def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
+    """The JSON record stored beside the scripted model."""
+    energy_model = _energy_model(model)
+    numbers = [int(z) for z in energy_model.species]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "versions": _versions(),
+        "cutoff": float(energy_model.cutoff),
+        "atomic_numbers": numbers,
+        "species": [chemical_symbols[z] for z in numbers],
+        "model_dtype": str(energy_model.model_dtype).replace("torch.", ""),
+        "units": {
+            "energy": "eV",
+            "length": "Å",
+            "forces": "eV/Å",
+            "stress": "eV/Å^3",
+        },
+        "outputs": ["energy", "energies", "forces", "stress"],
+        "stress_convention": (
+            "stress = (1/V) dE/d(strain), ASE sign (positive = tensile); "
+            "only for structures periodic in all three directions"
+        ),
+        "model_config": energy_model.config,
+        "info": info,
+    }
+
+
+def save(model: torch.nn.Module, path: str | os.PathLike, **info: Any) -> Path:
+    """Write ``model`` as one TorchScript file (atomically: temp file, then rename).
+
+    Args:
+        model: an energy model (or a ``ForceStress`` around one).
+        path: the output file.
+        **info: JSON-serialisable training information (dataset, metrics, ...).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    metadata = build_metadata(model, **info)
+    try:
+        encoded = json.dumps(metadata, indent=2)
+    except TypeError as exc:
+        raise TypeError(f"export info must be JSON-serialisable: {exc}") from None
+    scripted = script(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+            torch.jit.save(scripted, temporary, _extra_files={METADATA_FILE: encoded})
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata record of an exported file, validated, without loading the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not an mlip model file (not a TorchScript archive)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"extra/{METADATA_FILE}")]
+            if not names:
+                raise ModelFileError(
+                    f"{path}: not an mlip model file (TorchScript archive without {METADATA_FILE})"
+                )
+            raw = archive.read(names[0])
+            damaged = archive.testzip()  # CRC-checks every member: catches flipped bytes
+    except (zipfile.BadZipFile, OSError, KeyError) as exc:
+        raise ModelFileError(f"{path}: corrupt model file ({exc})") from None
+    if damaged is not None:
+        raise ModelFileError(f"{path}: corrupt model file (checksum mismatch in {damaged})")
+    try:
+        metadata = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: corrupt metadata in {METADATA_FILE} ({exc})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(
+            f"{path}: not an mlip model file (metadata format is not {FORMAT_NAME})"
+        )
+    version = metadata.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path}: corrupt metadata (format_version {version!r})")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model file format version {version} is newer than this mlip "
+            f"({mlip.__version__}) can read (version {FORMAT_VERSION}); upgrade mlip"
+        )
+    for key in ("cutoff", "atomic_numbers", "model_dtype"):
+        if key not in metadata:
+            raise ModelFileError(f"{path}: corrupt metadata (missing {key!r})")
+    return metadata
+
+
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load an exported model and its metadata.
+
+    Args:
+        path: a file written by :func:`save`.
+        device: where to put the model (explicit; no hidden CUDA default).
+
+    Returns:
+        ``(scripted_module, metadata)``; the module is in eval mode.
+
+    Raises:
+        ModelFileError: a missing, foreign, corrupt or too-new file, with the path in the message.
+    """
+    metadata = read_metadata(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+            module = torch.jit.load(str(path), map_location=torch.device(device))
+    except Exception as exc:  # torch raises RuntimeError/ValueError of many shapes here
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: corrupt model file ({first_line})") from None
+    module.eval()
+    return module, metadata
