@@ -70,9 +70,7 @@ class EdgeMessage(nn.Module):
         path_index: list[int] = []
         blocks = []
         for p, (l1, l2, l3) in enumerate(self.paths):
-            block = gaunt[
-                l1 * l1 : (l1 + 1) ** 2, l2 * l2 : (l2 + 1) ** 2, l3 * l3 : (l3 + 1) ** 2
-            ]
+            block = gaunt[l1 * l1 : (l1 + 1) ** 2, l2 * l2 : (l2 + 1) ** 2, l3 * l3 : (l3 + 1) ** 2]
             block = block * np.sqrt(2 * l3 + 1) / np.linalg.norm(block)
             for m1 in range(2 * l1 + 1):
                 # coupling[b, c, q] for this (path, m1) column q

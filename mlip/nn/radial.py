@@ -79,7 +79,9 @@ def polynomial_envelope(lengths: Tensor, cutoff: float, p: int = 6) -> Tensor:
 
 
 class BesselMLPRadial(nn.Module):
-    """Bessel basis x polynomial envelope, then an MLP with SiLU (NequIP/MACE radial).
+    """Bessel basis x polynomial envelope, then a bias-free MLP with SiLU (NequIP/MACE radial).
+
+    Without biases MLP(0) = 0, so the weights vanish smoothly at the cutoff.
 
     Args:
         cutoff: Å.
@@ -102,7 +104,7 @@ class BesselMLPRadial(nn.Module):
         layers: list[nn.Module] = []
         width = num_basis
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.SiLU()]
+            layers += [nn.Linear(width, size, bias=False), nn.SiLU()]
             width = size
         layers.append(nn.Linear(width, num_out, bias=False))
         self.mlp = nn.Sequential(*layers)

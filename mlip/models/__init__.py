@@ -1,0 +1,40 @@
+"""Energy models and their registry.
+
+``MODELS`` is a plain dict ``name -> builder``; every builder takes keyword arguments
+``species``, ``cutoff``, ``preset``, ``dtype`` and model hyperparameters, and returns an energy
+model (``forward(data: Dict[str, Tensor]) -> {"energy": (B,), "energies": (N,)}``, float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlip.models.gmep import GMEP, PRESETS, GMEPConfig, build_gmep
+
+__all__ = ["GMEP", "GMEPConfig", "MODELS", "PRESETS", "build_model"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"gmep": build_gmep}
+
+
+def build_model(
+    name: str | None = None,
+    *,
+    species: list[int],
+    cutoff: float,
+    preset: str | None = "small",
+    dtype: torch.dtype | str = torch.float32,
+    **hyper: Any,
+) -> nn.Module:
+    """Build an energy model by registry name (None means ``"gmep"``).
+
+    ``build_model(**model.config)`` rebuilds the same architecture; load weights with
+    ``load_state_dict``.
+    """
+    name = "gmep" if name is None else name
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}")
+    return MODELS[name](species=species, cutoff=cutoff, preset=preset, dtype=dtype, **hyper)

@@ -1,0 +1,434 @@
+"""GMEP: Grid-Mixing Equivariant Potential (DESIGN_NOTES §8), the default energy model.
+
+Per interaction layer t (features ``h`` stored degree-major, ``(D, N, C)``)::
+
+    h_up   = W_up h                                    per-degree linear (layers >= 1)
+    A_i    = sum_j m(h_up_j, Y(r_ij), R_t(|r_ij|)) / avg_num_neighbors     channelwise uvu message
+    B_i    = mixer(A_i, Z_i)                           grid products | grid MLP | linear
+    B_i    = gate(B_i)                                 SiLU on l = 0, sigmoid gates on l > 0
+    h_i    = W_skip h_i + B_i                          residual (layers >= 1)
+    e_i   += readout_t(h_i[l = 0])
+
+Nothing on the node side has a bias and the first layer has no skip, so an atom without
+neighbours has ``e_i = 0`` and energy ``E0(Z) + shift`` exactly.
+
+and ``E = sum_i [E0(Z_i) + scale * e_i + shift]``. Radial weights are, by default, linear in a
+uniform cubic B-spline basis whose last three control points are zero (C^2 cutoff, no radial
+MLP). Node features carry degrees ``<= lmax_hidden`` between layers; edge harmonics and the
+atomic basis A go up to ``lmax``.
+
+Presets (measured with ``torch.utils.flop_counter.FlopCounterMode`` on rattled fcc Cu,
+a = 3.61 Å, cutoff 6 Å, 78 neighbours per atom, 256 atoms; "FLOPs" counts matmul-type ops only,
+i.e. GEMM/BMM, which dominate):
+
+=========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
+preset     L      lmax_hidden  C     H     nu   layers  K     parameters  fwd MFLOP/atom
+=========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
+small      2      0            48    96    2    2       8     see README  see README
+medium     3      1            64    128   3    2       12    see README  see README
+large      3      1            128   256   3    3       16    see README  see README
+=========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
+
+(The measured numbers for 1 species and for 89 species are in ``mlip/models/README.md``.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from ase.data import chemical_symbols
+from torch import Tensor, nn
+
+from mlip import keys
+from mlip.nn.harmonics import SphericalHarmonics, num_sh
+from mlip.nn.linear import DegreeLinear, degree_index
+from mlip.nn.message import EdgeMessage, message_paths
+from mlip.nn.mixers import build_mixer
+from mlip.nn.radial import BesselMLPRadial, SplineRadial
+
+__all__ = ["GMEP", "GMEPConfig", "PRESETS", "build_gmep"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class GMEPConfig:
+    """Hyperparameters of :class:`GMEP` (all JSON-serialisable).
+
+    Attributes:
+        species: atomic numbers, in model order.
+        cutoff: Å.
+        num_layers: interaction layers.
+        lmax: L, degree of edge harmonics and of the atomic basis A.
+        lmax_hidden: degree of node features carried between layers (<= lmax).
+        channels: C, channels per degree.
+        mixer_channels: H, channels of each grid-product operand / grid-MLP width.
+        correlation: nu, product order of the grid mixer (body order nu + 1).
+        num_radial: K, radial basis size (spline: includes the 3 clamped functions).
+        radial: ``"spline"`` (linear in cubic B-splines) or ``"mlp"`` (Bessel x envelope + MLP).
+        radial_mlp_hidden: hidden widths of the ``"mlp"`` radial.
+        mixer: ``"grid"`` | ``"grid_mlp"`` | ``"none"``.
+        grid: ``"gl"`` or ``"lebedev"`` (grid mixer, exact to degree 3L).
+        grid_mlp_hidden: hidden width of the grid MLP.
+        readout_hidden: hidden width of the last layer's readout MLP.
+        avg_num_neighbors: initial value of the normalisation buffer.
+    """
+
+    species: list[int]
+    cutoff: float
+    num_layers: int = 2
+    lmax: int = 2
+    lmax_hidden: int = 0
+    channels: int = 48
+    mixer_channels: int = 96
+    correlation: int = 2
+    num_radial: int = 8
+    radial: str = "spline"
+    radial_mlp_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    mixer: str = "grid"
+    grid: str = "gl"
+    grid_mlp_hidden: int = 16
+    readout_hidden: int = 16
+    avg_num_neighbors: float = 30.0
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": dict(
+        num_layers=2,
+        lmax=2,
+        lmax_hidden=0,
+        channels=64,
+        mixer_channels=96,
+        correlation=2,
+        num_radial=8,
+    ),
+    "medium": dict(
+        num_layers=2,
+        lmax=3,
+        lmax_hidden=1,
+        channels=64,
+        mixer_channels=128,
+        correlation=3,
+        num_radial=12,
+    ),
+    "large": dict(
+        num_layers=3,
+        lmax=3,
+        lmax_hidden=1,
+        channels=128,
+        mixer_channels=256,
+        correlation=3,
+        num_radial=16,
+    ),
+}
+
+
+class _Gate(nn.Module):
+    """SiLU on l = 0 channels; l > 0 channels times sigmoid(linear(l = 0 channels))."""
+
+    def __init__(self, lmax: int, channels: int) -> None:
+        super().__init__()
+        self.lmax = lmax
+        self.gates = nn.Linear(channels, lmax * channels) if lmax > 0 else None
+        self.register_buffer("degrees", degree_index(lmax), persistent=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        scalars = features[0]
+        gates = self.gates
+        if gates is None:
+            return torch.nn.functional.silu(features)
+        n_nodes, channels = scalars.shape
+        factors = torch.sigmoid(gates(scalars)).reshape(n_nodes, self.lmax, channels)
+        factors = factors.transpose(0, 1)[self.degrees[1:] - 1]  # (D - 1, N, C)
+        return torch.cat(
+            [torch.nn.functional.silu(scalars).unsqueeze(0), features[1:] * factors], dim=0
+        )
+
+
+class _Interaction(nn.Module):
+    """One GMEP layer: message, mixer, gate, residual, readout."""
+
+    def __init__(
+        self, cfg: GMEPConfig, lmax_in: int, lmax_out: int, last: bool, residual: bool
+    ) -> None:
+        super().__init__()
+        channels = cfg.channels
+        self.d_in = num_sh(lmax_in)
+        self.d_out = num_sh(lmax_out)
+        self.up = DegreeLinear(lmax_in, channels, channels)
+        self.message = EdgeMessage(lmax_in, cfg.lmax)
+        self.num_paths = len(message_paths(lmax_in, cfg.lmax))
+        n_weights = self.num_paths * channels
+        if cfg.radial == "spline":
+            self.radial: nn.Module = SplineRadial(cfg.cutoff, cfg.num_radial, n_weights)
+        elif cfg.radial == "mlp":
+            self.radial = BesselMLPRadial(
+                cfg.cutoff, cfg.num_radial, n_weights, tuple(cfg.radial_mlp_hidden)
+            )
+        else:
+            raise ValueError(f"unknown radial {cfg.radial!r}; expected 'spline' or 'mlp'")
+        self.mixer = build_mixer(
+            cfg.mixer,
+            lmax=cfg.lmax,
+            lmax_out=lmax_out,
+            channels=channels,
+            hidden=cfg.mixer_channels,
+            correlation=cfg.correlation,
+            num_species=len(cfg.species),
+            grid=cfg.grid,
+            mlp_hidden=cfg.grid_mlp_hidden,
+        )
+        self.gate = _Gate(lmax_out, channels)
+        lmax_skip = min(lmax_in, lmax_out)
+        self.d_skip = num_sh(lmax_skip)
+        self.skip = DegreeLinear(lmax_skip, channels, channels) if residual else None
+        if last:
+            self.readout: nn.Module = nn.Sequential(
+                nn.Linear(channels, cfg.readout_hidden, bias=False),
+                nn.SiLU(),
+                nn.Linear(cfg.readout_hidden, 1, bias=False),
+            )
+        else:
+            self.readout = nn.Linear(channels, 1, bias=False)
+        self.channels = channels
+
+    def forward(
+        self,
+        features: Tensor,
+        species: Tensor,
+        edge_sh: Tensor,
+        lengths: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        inv_avg_neighbors: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """features (D_in, N, C) -> (D_out, N, C) and per-atom energy contribution (N,)."""
+        n_nodes = features.shape[1]
+        up = self.up(features).transpose(0, 1)  # (N, D_in, C)
+        radial = self.radial(lengths).reshape(-1, self.num_paths, self.channels)
+        messages = self.message(up[sender], edge_sh, radial)  # (E, D, C)
+        atomic_basis = torch.zeros(
+            (n_nodes, messages.shape[1], self.channels),
+            dtype=messages.dtype,
+            device=messages.device,
+        ).index_add_(0, receiver, messages)
+        atomic_basis = (atomic_basis * inv_avg_neighbors).transpose(0, 1).contiguous()
+        mixed = self.gate(self.mixer(atomic_basis, species))  # (D_out, N, C)
+        skip_linear = self.skip
+        if skip_linear is not None:
+            skip = skip_linear(features[: self.d_skip])
+            if self.d_skip < self.d_out:
+                mixed = torch.cat([mixed[: self.d_skip] + skip, mixed[self.d_skip :]], dim=0)
+            else:
+                mixed = mixed + skip
+        return mixed, self.readout(mixed[0]).squeeze(-1)
+
+
+class GMEP(nn.Module):
+    """Grid-Mixing Equivariant Potential: graph dict -> per-atom and total energy (float64).
+
+    Args:
+        config: :class:`GMEPConfig`.
+        dtype: compute dtype (float32 or float64). Outputs are always float64.
+        preset: name recorded in :attr:`config` (informational).
+
+    Attributes:
+        cutoff: Å.
+        species: atomic numbers in model order.
+        model_dtype: compute dtype.
+        config: JSON-serialisable dict; ``mlip.models.build_model(**model.config)`` rebuilds
+            the same architecture.
+
+    Buffers (saved in the state dict):
+        avg_num_neighbors: scalar, message normalisation.
+        reference_energies: (S,) float64 eV, E0 per species.
+        scale, shift: float64 scalars, eV (shift is per atom).
+    """
+
+    def __init__(
+        self, config: GMEPConfig, dtype: torch.dtype = torch.float32, preset: str | None = None
+    ) -> None:
+        super().__init__()
+        cfg = config
+        if cfg.lmax_hidden > cfg.lmax:
+            raise ValueError(f"lmax_hidden ({cfg.lmax_hidden}) must be <= lmax ({cfg.lmax})")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"model dtype must be float32 or float64, got {dtype}")
+        if len(set(cfg.species)) != len(cfg.species) or not cfg.species:
+            raise ValueError(f"species must be a non-empty list of distinct Z, got {cfg.species}")
+        for z in cfg.species:
+            if not 0 < int(z) < len(chemical_symbols):
+                raise ValueError(f"invalid atomic number {z}")
+        self.cutoff = float(cfg.cutoff)
+        self.species: list[int] = [int(z) for z in cfg.species]
+        self.model_dtype = dtype
+        dtype_name = "float32" if dtype == torch.float32 else "float64"
+        self.config: dict[str, Any] = {
+            "name": "gmep",
+            "preset": preset,
+            "dtype": dtype_name,
+            **asdict(cfg),
+        }
+        self.config["species"] = list(self.species)
+        self.config["cutoff"] = self.cutoff
+        self.symbols: list[str] = list(chemical_symbols)
+        self.species_text = str(self.species)
+        index = torch.full((len(chemical_symbols),), -1, dtype=torch.int64)
+        for i, z in enumerate(self.species):
+            index[z] = i
+        self.register_buffer("species_index", index, persistent=False)
+
+        self.embedding = nn.Parameter(torch.randn(len(self.species), cfg.channels))
+        self.edge_sh = SphericalHarmonics(cfg.lmax)
+        layers = []
+        lmax_in = 0
+        for t in range(cfg.num_layers):
+            last = t == cfg.num_layers - 1
+            lmax_out = 0 if last else cfg.lmax_hidden
+            layers.append(_Interaction(cfg, lmax_in, lmax_out, last, residual=t > 0))
+            lmax_in = lmax_out
+        self.layers = nn.ModuleList(layers)
+        self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
+        self.to(dtype)
+        self.register_buffer(
+            "reference_energies", torch.zeros(len(self.species), dtype=torch.float64)
+        )
+        self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("shift", torch.tensor(0.0, dtype=torch.float64))
+
+    # ------------------------------------------------------------------ statistics
+    def set_statistics(
+        self,
+        *,
+        avg_num_neighbors: float | None = None,
+        reference_energies: dict[int, float] | None = None,
+        scale: float | None = None,
+        shift: float | None = None,
+    ) -> None:
+        """Set normalisation buffers.
+
+        Args:
+            avg_num_neighbors: mean neighbour count within the cutoff.
+            reference_energies: eV per atom of each element, ``{Z: E0}``; elements not given
+                keep their current value.
+            scale: eV, multiplies the learned per-atom energy.
+            shift: eV per atom.
+        """
+        with torch.no_grad():
+            if avg_num_neighbors is not None:
+                if not avg_num_neighbors > 0:
+                    raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
+                self.avg_num_neighbors.fill_(float(avg_num_neighbors))
+            if reference_energies is not None:
+                for z, energy in reference_energies.items():
+                    if int(z) not in self.species:
+                        raise ValueError(
+                            f"element {chemical_symbols[int(z)]} (Z={int(z)}) is not in this "
+                            f"model's species {self.species}"
+                        )
+                    self.reference_energies[self.species.index(int(z))] = float(energy)
+            if scale is not None:
+                self.scale.fill_(float(scale))
+            if shift is not None:
+                self.shift.fill_(float(shift))
+
+    # ------------------------------------------------------------------ forward
+    def _species(self, atomic_numbers: Tensor) -> Tensor:
+        clamped = torch.clamp(atomic_numbers, 0, len(self.symbols) - 1)
+        species = self.species_index[clamped]
+        bad = (species < 0) | (atomic_numbers != clamped)
+        if bool(bad.any()):
+            z = int(atomic_numbers[bad][0])
+            name = self.symbols[z] if 0 <= z < len(self.symbols) else "?"
+            raise ValueError(
+                "element "
+                + name
+                + " (Z="
+                + str(z)
+                + ") is not in this model's species "
+                + self.species_text
+            )
+        return species
+
+    def forward(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Energies of a batch.
+
+        Args:
+            data: ``AtomicGraph.as_dict()``: positions (N, 3) Å, atomic_numbers (N,),
+                cell (B, 3, 3) Å, edge_index (2, E), cell_shifts (E, 3), batch (N,),
+                num_atoms (B,).
+
+        Returns:
+            ``energy`` (B,) eV and ``energies`` (N,) eV, float64.
+        """
+        positions = data[keys.POSITIONS]
+        cell = data[keys.CELL]
+        edge_index = data[keys.EDGE_INDEX]
+        batch = data[keys.BATCH]
+        n_graphs = data[keys.NUM_ATOMS].shape[0]
+        species = self._species(data[keys.ATOMIC_NUMBERS])
+        receiver = edge_index[0]
+        sender = edge_index[1]
+        shifts = torch.einsum(
+            "ek,ekl->el", data[keys.CELL_SHIFTS].to(cell.dtype), cell[batch[receiver]]
+        )
+        vectors = positions[sender] - positions[receiver] + shifts
+        dtype = self.embedding.dtype
+        vectors = vectors.to(dtype)
+        lengths = torch.linalg.norm(vectors, dim=-1)
+        edge_sh = self.edge_sh(vectors)
+        inv_avg = 1.0 / self.avg_num_neighbors
+
+        features = self.embedding[species].unsqueeze(0)  # (1, N, C)
+        atomic = torch.zeros(positions.shape[0], dtype=dtype, device=positions.device)
+        for layer in self.layers:
+            features, contribution = layer(
+                features, species, edge_sh, lengths, sender, receiver, inv_avg
+            )
+            atomic = atomic + contribution
+        energies = (
+            self.reference_energies[species] + self.scale * atomic.to(torch.float64) + self.shift
+        )
+        energy = torch.zeros(n_graphs, dtype=torch.float64, device=energies.device)
+        energy = energy.index_add(0, batch, energies)
+        return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: energies}
+
+
+def build_gmep(
+    *,
+    species: list[int],
+    cutoff: float,
+    preset: str | None = "small",
+    dtype: torch.dtype | str = torch.float32,
+    **hyper: Any,
+) -> GMEP:
+    """Build a :class:`GMEP` from a preset plus overrides.
+
+    Args:
+        species: atomic numbers.
+        cutoff: Å.
+        preset: ``"small"`` | ``"medium"`` | ``"large"`` (or None: dataclass defaults).
+        dtype: torch dtype or ``"float32"``/``"float64"``.
+        **hyper: any :class:`GMEPConfig` field, overriding the preset.
+    """
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
+        values.update(PRESETS[preset])
+    known = {f.name for f in fields(GMEPConfig)} - {"species", "cutoff"}
+    unknown = set(hyper) - known
+    if unknown:
+        raise TypeError(f"unknown GMEP hyperparameters {sorted(unknown)}; known: {sorted(known)}")
+    values.update(hyper)
+    if not (math.isfinite(float(cutoff)) and float(cutoff) > 0):
+        raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff}")
+    cfg = GMEPConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
+    return GMEP(cfg, dtype=dtype, preset=preset)

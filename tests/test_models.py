@@ -1,0 +1,109 @@
+"""Conformance suite (mlip.testing) for every registered model and the GMEP ablation arms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlip.models import MODELS, PRESETS, build_model
+from mlip.testing import EnergyModelTests
+
+_TINY = {"channels": 8, "mixer_channels": 8, "num_radial": 6, "readout_hidden": 4}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class TestGMEPSmallPreset(EnergyModelTests):
+    """The default model, as shipped (``preset="small"``)."""
+
+    model_name = None
+    model_kwargs = {"preset": "small"}
+
+
+class TestGMEPHigherOrder(EnergyModelTests):
+    """L = 3, vector features between layers, correlation 3: every message path and both
+    grid products."""
+
+    model_kwargs = {"preset": "medium", **_TINY}
+
+
+class TestGMEPLebedev(EnergyModelTests):
+    model_kwargs = {
+        "preset": "small",
+        "lmax_hidden": 1,
+        "correlation": 3,
+        "grid": "lebedev",
+        **_TINY,
+    }
+
+
+class TestGMEPBesselMLPRadial(EnergyModelTests):
+    model_kwargs = {"preset": "small", "radial": "mlp", "radial_mlp_hidden": [8], **_TINY}
+
+
+class TestGMEPNoMixer(EnergyModelTests):
+    model_kwargs = {"preset": "small", "mixer": "none", "lmax_hidden": 1, **_TINY}
+
+
+class TestGMEPGridMLP(EnergyModelTests):
+    """Facet-style SiLU grid MLP: approximately equivariant, error reported not asserted."""
+
+    model_kwargs = {"preset": "small", "mixer": "grid_mlp", "lmax_hidden": 1, **_TINY}
+    exact = False
+
+
+def test_every_registered_model_is_covered() -> None:
+    assert set(MODELS) == {"gmep"}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_build_and_config(preset: str) -> None:
+    model = build_model(species=[29, 79], cutoff=5.0, preset=preset)
+    assert model.config["preset"] == preset
+    assert model.config["dtype"] == "float32"
+    assert model.cutoff == 5.0 and model.species == [29, 79]
+    assert model.model_dtype == torch.float32
+    rebuilt = build_model(**model.config)
+    assert rebuilt.config == model.config
+
+
+def test_unknown_element_message() -> None:
+    from mlip.graph import AtomicGraph
+
+    model = build_model(species=[29, 79], cutoff=4.0)
+    graph = AtomicGraph.from_arrays([[0, 0, 0], [2.0, 0, 0]], [29, 26], 4.0)
+    with pytest.raises(ValueError, match=r"element Fe \(Z=26\) is not in this model's species"):
+        model(graph.as_dict())
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("nope", species=[29], cutoff=4.0)
+    with pytest.raises(TypeError, match="unknown GMEP hyperparameters"):
+        build_model(species=[29], cutoff=4.0, chanels=3)
+    with pytest.raises(ValueError, match="unknown mixer"):
+        build_model(species=[29], cutoff=4.0, mixer="mlp")
+    with pytest.raises(ValueError, match="not in this model's species"):
+        build_model(species=[29], cutoff=4.0).set_statistics(reference_energies={26: -1.0})
+
+
+def test_statistics_define_energy() -> None:
+    from mlip.graph import AtomicGraph
+    from mlip.testing import rattled_crystal
+
+    model = build_model(species=[29, 79], cutoff=4.0, dtype=torch.float64)
+    graph = AtomicGraph.from_atoms(rattled_crystal(), 4.0)
+    base = model(graph.as_dict())
+    model.set_statistics(reference_energies={29: -3.0, 79: -5.0}, scale=2.0, shift=0.5)
+    out = model(graph.as_dict())
+    e0 = torch.where(graph.atomic_numbers == 29, -3.0, -5.0).double()
+    expected = e0 + 2.0 * base["energies"] + 0.5
+    torch.testing.assert_close(out["energies"], expected)
+    torch.testing.assert_close(out["energy"], expected.sum().reshape(1))
+    state = model.state_dict()
+    fresh = build_model(**model.config)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(graph.as_dict())["energy"], out["energy"])
