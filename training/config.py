@@ -1,0 +1,413 @@
+"""Typed training configuration: YAML (plus ``key=value`` overrides) into dataclasses.
+
+Every section is a dataclass with documented defaults. :func:`load_config` rejects unknown keys
+and wrong types with a message naming the dotted key, e.g.
+``train.max_epochs: expected int, got 'abc'``.
+
+Example::
+
+    data:
+      train: ../shared/data/acac/train_300K.xyz
+      valid: 0.1                    # a path, or a fraction of train held out (seeded)
+    model: {preset: small, cutoff: 5.0}
+    train: {max_epochs: 100, lr: 0.005}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "BatchConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FinetuneConfig",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, missing or has the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how to read it.
+
+    Attributes:
+        train: training file (any ASE-readable file, e.g. extxyz). Required.
+        valid: a validation file, or a fraction in (0, 1) of ``train`` held out with
+            ``train.seed``.
+        test: optional test file, evaluated with the final model.
+        format: reader format (``ase``, ``asedb``, ``aselmdb``, ``mptrj``; see
+            ``training.readers``); None guesses it from the file name.
+        energy_key: ``atoms.info`` key of the total energy (eV); None: the calculator, then
+            ``info["energy"]``. For MPTrj JSON the frame field used as the energy.
+        forces_key: ``atoms.arrays`` key of the forces (eV/Å); None: calculator / ``forces``.
+        stress_key: ``atoms.info`` key of the stress (eV/Å³, ASE sign); None: calculator /
+            ``stress``.
+        virial_key: ``atoms.info`` key of a virial (eV), used when there is no stress.
+        skip_invalid: skip frames with missing/NaN labels (counted and reported) instead of
+            failing.
+        reference_energies: per-element reference energies subtracted before learning:
+            ``least_squares`` (fit on train), ``isolated`` (from ``isolated_atoms``), ``none``,
+            or a mapping ``{atomic_number: eV}``.
+        isolated_atoms: file of single-atom structures with their energies (E0s).
+        max_structures: read at most this many structures of each file (debugging).
+    """
+
+    train: str | None = None
+    valid: str | float = 0.1
+    test: str | None = None
+    format: Literal["ase", "asedb", "aselmdb", "mptrj"] | None = None
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    virial_key: str | None = None
+    skip_invalid: bool = False
+    reference_energies: str | dict[int, float] = "least_squares"
+    isolated_atoms: str | None = None
+    max_structures: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build (``mlip.models.build_model``).
+
+    Attributes:
+        name: registered model name; None = the library default. ``module:function`` imports a
+            builder with the same signature (used by tests and plug-ins).
+        preset: size preset of the model.
+        cutoff: neighbour cutoff in Å.
+        hyper: extra hyperparameters passed to the builder as keyword arguments.
+    """
+
+    name: str | None = None
+    preset: str = "small"
+    cutoff: float = 5.0
+    hyper: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchConfig:
+    """Batch budget: a batch is closed when adding a structure would exceed any limit.
+
+    Attributes:
+        size: maximum structures per (global) batch.
+        max_atoms: maximum atoms per batch, or None.
+        max_edges: maximum edges per batch, or None.
+    """
+
+    size: int = 16
+    max_atoms: int | None = None
+    max_edges: int | None = None
+
+
+@dataclass
+class LossConfig:
+    """Weighted loss on energy per atom (eV/atom), forces (eV/Å) and stress (eV/Å³).
+
+    Attributes:
+        type: ``mse`` or ``huber``.
+        huber_delta: Huber transition point (same units as each target).
+        energy_weight, forces_weight, stress_weight: weights of the three terms.
+        switch_epoch: from this epoch (0-based) on use the ``switch_*`` weights (e.g. raise the
+            energy weight late in training); None = never switch.
+        switch_energy_weight, switch_forces_weight, switch_stress_weight: the late weights.
+    """
+
+    type: Literal["mse", "huber"] = "mse"
+    huber_delta: float = 0.01
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
+    stress_weight: float = 0.0
+    switch_epoch: int | None = None
+    switch_energy_weight: float = 10.0
+    switch_forces_weight: float = 10.0
+    switch_stress_weight: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule and run control.
+
+    Attributes:
+        max_epochs: number of epochs.
+        max_time: wall-clock limit in minutes (checked between steps); then validate, export
+            and stop cleanly. None = no limit.
+        seed: seeds Python, NumPy and torch, the validation split and the batch order.
+        device: ``cpu``, ``cuda``, ``cuda:1``... Under torchrun each rank uses its local GPU.
+        dtype: model dtype, ``float32`` or ``float64``.
+        batch: batch budget (global over all ranks).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up from 0 to ``lr`` over this many optimiser steps.
+        schedule: ``cosine`` (to ``min_lr`` at the last step) or ``plateau`` (multiply by
+            ``plateau_factor`` after ``plateau_patience`` epochs without improvement).
+        min_lr: lower bound of the learning rate.
+        plateau_factor, plateau_patience: see ``schedule``.
+        grad_clip: maximum gradient norm; None or 0 = no clipping.
+        ema_decay: decay of the exponential moving average of the weights (used for validation
+            and export); 0 disables it.
+        patience: early stopping after this many epochs without a better validation loss;
+            None = never.
+        checkpoint_every: also write a checkpoint every N optimiser steps (0 = per epoch only).
+        deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+        progress_bar: show a tqdm bar on rank 0.
+        num_threads: torch CPU threads; None leaves torch's default.
+    """
+
+    max_epochs: int = 100
+    max_time: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    min_lr: float = 1e-6
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    grad_clip: float | None = 10.0
+    ema_decay: float = 0.99
+    patience: int | None = None
+    checkpoint_every: int = 0
+    deterministic: bool = True
+    progress_bar: bool = True
+    num_threads: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Start from trained weights.
+
+    Attributes:
+        from_: an exported model (``mlip-export`` / ``model.pt``) or a training checkpoint.
+            Written ``from`` in YAML.
+        refit_references: refit the per-element reference energies on the new training data.
+    """
+
+    from_: str | None = None
+    refit_references: bool = False
+
+
+@dataclass
+class Config:
+    """The whole run. ``output_dir`` receives checkpoints, logs, plots and ``model.pt``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    output_dir: str = "runs/default"
+
+
+# YAML spelling -> attribute name where they differ (``from`` is a Python keyword).
+_ALIASES = {"from": "from_"}
+_REVERSE_ALIASES = {v: k for k, v in _ALIASES.items()}
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{origin.__name__}[{args}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against ``annotation`` and return it (ints widen to float)."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if annotation is Any:
+        return value
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif origin in (Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(annotation):
+            return value
+    elif origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if isinstance(value, dict):
+            return {
+                _convert(k, key_type, f"{key}.{k}"): _convert(v, value_type, f"{key}.{k}")
+                for k, v in value.items()
+            }
+    elif origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, list | tuple):
+            return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the types above are used
+        raise ConfigError(f"{key}: unsupported annotation {annotation}")
+    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        name = _ALIASES.get(str(raw_key), str(raw_key))
+        dotted = f"{prefix}.{raw_key}" if prefix else str(raw_key)
+        if name not in names:
+            known = sorted(_REVERSE_ALIASES.get(n, n) for n in names)
+            raise ConfigError(f"{dotted}: unknown key (known: {', '.join(known)})")
+        kwargs[name] = _convert(value, hints[name], dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and check a :class:`Config` from a plain (YAML) mapping."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"the configuration must be a mapping, got {type(values).__name__}")
+    config = _build(Config, values, "")
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The plain-dict (YAML/JSON-able) form; ``config_from_dict`` inverts it."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[_REVERSE_ALIASES.get(f.name, f.name)] = value
+    return out
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a plain mapping (in place; also returned).
+
+    The value is parsed with ``yaml.safe_load`` so ``train.lr=1e-3`` is a float and
+    ``data.test=null`` is None.
+    """
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form key=value")
+        dotted, text = override.split("=", 1)
+        parts = dotted.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {override!r} has an empty key")
+        target = values
+        for i, part in enumerate(parts[:-1]):
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a section")
+            target = child
+        target[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return values
+
+
+def _fix_yaml_floats(values: Any) -> Any:
+    """YAML 1.1 reads ``5e-3`` as a string; turn such strings into floats."""
+    if isinstance(values, dict):
+        return {k: _fix_yaml_floats(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [_fix_yaml_floats(v) for v in values]
+    if isinstance(values, str):
+        try:
+            if any(c in values for c in "eE") and values.lstrip("+-")[:1].isdigit():
+                return float(values)
+        except ValueError:
+            return values
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or start from defaults when ``path`` is None), apply overrides, check.
+
+    Relative data paths stay relative to the current directory (run from the repo root).
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        values = loaded or {}
+    values = apply_overrides(values, list(overrides or []))
+    return config_from_dict(_fix_yaml_floats(values))
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    data, train = config.data, config.train
+    if isinstance(data.valid, float) and not 0.0 < data.valid < 1.0:
+        raise ConfigError(f"data.valid: a fraction must be in (0, 1), got {data.valid}")
+    if isinstance(data.reference_energies, str) and data.reference_energies not in (
+        "least_squares",
+        "isolated",
+        "none",
+    ):
+        raise ConfigError(
+            "data.reference_energies: expected 'least_squares', 'isolated', 'none' or a "
+            f"mapping, got {data.reference_energies!r}"
+        )
+    if data.reference_energies == "isolated" and not data.isolated_atoms:
+        raise ConfigError("data.isolated_atoms: required when data.reference_energies=isolated")
+    if config.model.cutoff <= 0:
+        raise ConfigError(f"model.cutoff: must be > 0 Å, got {config.model.cutoff}")
+    positive = {
+        "train.max_epochs": train.max_epochs,
+        "train.batch.size": train.batch.size,
+        "train.lr": train.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    if train.patience is not None and train.patience < 1:
+        raise ConfigError(f"train.patience: must be >= 1 or null, got {train.patience}")
+    if not 0.0 <= train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {train.ema_decay}")
+    if train.checkpoint_every < 0 or train.warmup_steps < 0:
+        raise ConfigError("train.checkpoint_every and train.warmup_steps must be >= 0")

@@ -1,0 +1,121 @@
+"""``mlip-eval DATA... --model PATH``: errors of an exported model on dataset files.
+
+Prints energy-per-atom (eV/atom), force (eV/Å) and stress (eV/Å³) MAE and RMSE per file,
+optionally writes them as JSON, and draws a parity plot per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["evaluate_file", "main"]
+
+
+def _set_stress(module: torch.nn.Module, flag: bool) -> None:
+    if hasattr(module, "compute_stress"):
+        module.compute_stress = flag
+
+
+def evaluate_file(
+    module: torch.nn.Module,
+    cutoff: float,
+    path: str,
+    *,
+    data_format: str | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    stress_key: str | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics and parity arrays of an exported (scripted) model on one file."""
+    from mlip import AtomicGraph
+    from training.metrics import ErrorMetrics
+    from training.readers import ReaderOptions, read_frames
+
+    options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+    frames = read_frames(path, data_format, options, required=("energy",))
+    metrics = ErrorMetrics()
+    parity: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("energy_ref", "energy_pred", "forces_ref", "forces_pred")
+    }
+    for start in range(0, len(frames), batch_size):
+        graphs = [frame.to_graph(cutoff) for frame in frames[start : start + batch_size]]
+        graph = AtomicGraph.batch(graphs).to(device)
+        use_stress = graph.stress is not None and bool(graph.pbc.all())
+        _set_stress(module, use_stress)
+        predictions = module(graph.as_dict())
+        predictions = {k: v.detach() for k, v in predictions.items()}
+        if not use_stress:
+            predictions.pop("stress", None)
+        metrics.update(predictions, graph)
+        n_atoms = graph.num_atoms.to(torch.float64)
+        parity["energy_ref"].append((graph.energy / n_atoms).cpu().numpy())
+        parity["energy_pred"].append((predictions["energy"] / n_atoms).cpu().numpy())
+        if graph.forces is not None and "forces" in predictions:
+            parity["forces_ref"].append(graph.forces.cpu().numpy().ravel())
+            parity["forces_pred"].append(predictions["forces"].cpu().numpy().ravel())
+    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
+    return metrics.compute(), arrays
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mlip-eval", description="Energy/force/stress errors of an exported model."
+    )
+    parser.add_argument("data", nargs="+", help="dataset files (any format training reads)")
+    parser.add_argument("--model", required=True, help="exported model file (model.pt)")
+    parser.add_argument("--format", default=None, help="reader format; default: guess")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--energy-key", default=None)
+    parser.add_argument("--forces-key", default=None)
+    parser.add_argument("--stress-key", default=None)
+    parser.add_argument("--plot", default=None, help="parity plot PNG prefix (one per file)")
+    parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+
+    import mlip.export
+    from training.plots import parity_plot
+
+    module, metadata = mlip.export.load(args.model, device=args.device)
+    cutoff = float(metadata["cutoff"])
+    results: dict[str, Any] = {}
+    for index, path in enumerate(args.data):
+        try:
+            metrics, arrays = evaluate_file(
+                module,
+                cutoff,
+                path,
+                data_format=args.format,
+                batch_size=args.batch_size,
+                device=args.device,
+                energy_key=args.energy_key,
+                forces_key=args.forces_key,
+                stress_key=args.stress_key,
+            )
+        except (OSError, ValueError) as error:
+            print(f"mlip-eval: {path}: {error}", file=sys.stderr)
+            return 1
+        results[path] = metrics
+        text = "  ".join(
+            f"{k}={v * 1000:.3f}m" if not k.startswith("loss") else "" for k, v in metrics.items()
+        )
+        print(f"{path}: {text}   (m = meV/atom, meV/Å, meV/Å³)")
+        if args.plot is not None:
+            suffix = f"_{index}" if len(args.data) > 1 else ""
+            plot_path = Path(f"{args.plot}{suffix}.png")
+            parity_plot(arrays, plot_path, title=Path(path).name)
+            print(f"  parity plot: {plot_path}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    return 0

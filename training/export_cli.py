@@ -1,0 +1,58 @@
+"""``mlip-export CHECKPOINT -o model.pt``: a training checkpoint to a TorchScript model file.
+
+Rebuilds the model from the configuration stored in the checkpoint, loads the EMA weights
+(``--weights best`` for the best EMA model seen in validation, the default, or ``ema`` /
+``raw``) and writes it with :func:`mlip.export.save`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mlip-export", description="Export a training checkpoint as one TorchScript file."
+    )
+    parser.add_argument("checkpoint", help="checkpoint.pt written by mlip-train")
+    parser.add_argument("-o", "--output", default="model.pt", help="output file")
+    parser.add_argument(
+        "--weights",
+        choices=("best", "ema", "raw"),
+        default="best",
+        help="best EMA weights (default), last EMA weights, or the raw weights",
+    )
+    args = parser.parse_args(argv)
+
+    import mlip.export
+    from training.checkpoint import load_checkpoint
+    from training.trainer import rebuild_model
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.weights == "raw":
+        weights = checkpoint["model"]
+    elif args.weights == "best" and checkpoint.get("best_model") is not None:
+        weights = checkpoint["best_model"]
+    else:
+        weights = checkpoint["ema"]["shadow"]
+    model = rebuild_model(checkpoint["model_config"], weights).eval()
+    history = checkpoint.get("history") or []
+    config = checkpoint["config"]
+    data = config.get("data", {})
+    mlip.export.save(
+        model,
+        args.output,
+        dataset={"train": data.get("train"), "valid": data.get("valid"), "test": data.get("test")},
+        metrics={"valid": {k[6:]: v for k, v in history[-1].items() if k.startswith("valid_")}}
+        if history
+        else {},
+        model_config=checkpoint["model_config"],
+        training_config=config,
+        epochs=len(history),
+        weights=args.weights,
+    )
+    print(f"wrote {args.output}")
+    return 0
