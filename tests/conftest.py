@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
-import torch
+# Tiny 3x3 linear algebra (ASE cell filters) slows down 20-200x with multithreaded OpenBLAS on a
+# loaded 2-core machine; torch keeps its own thread pool. Must be set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

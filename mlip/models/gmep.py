@@ -25,7 +25,7 @@ i.e. GEMM/BMM, which dominate):
 preset     L      lmax_hidden  C     H     nu   layers  K     parameters  fwd MFLOP/atom
 =========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
 small      2      0            48    96    2    2       8     see README  see README
-medium     3      1            64    128   3    2       12    see README  see README
+medium     3      0            64    128   3    2       12    see README  see README
 large      3      1            128   256   3    3       16    see README  see README
 =========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
 
@@ -108,7 +108,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": dict(
         num_layers=2,
         lmax=3,
-        lmax_hidden=1,
+        lmax_hidden=0,
+        grid="lebedev",
         channels=64,
         mixer_channels=128,
         correlation=3,
@@ -194,6 +195,68 @@ class _Interaction(nn.Module):
         else:
             self.readout = nn.Linear(channels, 1, bias=False)
         self.channels = channels
+        self.lmax_in = lmax_in
+        self.num_degrees_edge = cfg.lmax + 1
+        self.register_buffer("edge_degrees", degree_index(cfg.lmax), persistent=False)
+        # Layer 0 sees species-only features and, with the linear spline radial, its atomic
+        # basis factorises: A_i = sum_{s,k} [sum_{j in s} B_k(r_ij) Y(r_ij)] W_k u_s. The
+        # per-edge tensor is then (K, D) instead of (D, C) and the rest is a node-side GEMM.
+        self.species_factorised = (not residual) and lmax_in == 0 and cfg.radial == "spline"
+        self.num_species = len(cfg.species)
+
+    def _atomic_basis_species(
+        self,
+        features: Tensor,
+        species: Tensor,
+        edge_sh: Tensor,
+        lengths: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+    ) -> Tensor:
+        """Layer-0 atomic basis (D, N, C); ``features`` is the species table (1, S, C)."""
+        n_nodes = species.shape[0]
+        n_species = self.num_species
+        species_features = self.up(features)[0]  # (S, C)
+        basis = self.radial.basis(lengths)  # (E, K')
+        n_basis = basis.shape[1]
+        d_edge = edge_sh.shape[1]
+        outer = (basis.unsqueeze(2) * edge_sh.unsqueeze(1)).reshape(-1, n_basis * d_edge)
+        slot = receiver * n_species + species.index_select(0, sender)
+        gathered = torch.zeros(
+            (n_nodes * n_species, n_basis * d_edge), dtype=outer.dtype, device=outer.device
+        ).index_add_(0, slot, outer)
+        # (N, S, K', D) -> (D, N, S K')
+        gathered = gathered.reshape(n_nodes, n_species * n_basis, d_edge).permute(2, 0, 1)
+        control = self.radial.linear_weights().reshape(n_basis, self.num_paths, self.channels)
+        control = control.index_select(1, self.edge_degrees).transpose(0, 1)  # (D, K', C)
+        weights = species_features.unsqueeze(1).unsqueeze(0) * control.unsqueeze(1)
+        weights = weights.reshape(d_edge, n_species * n_basis, self.channels)
+        return torch.bmm(gathered, weights)  # (D, N, C)
+
+    def _atomic_basis_edges(
+        self,
+        features: Tensor,
+        edge_sh: Tensor,
+        lengths: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+    ) -> Tensor:
+        """Atomic basis (D, N, C) by explicit per-edge messages."""
+        n_nodes = features.shape[1]
+        radial = self.radial(lengths).reshape(-1, self.num_paths, self.channels)
+        up = self.up(features)
+        if self.lmax_in == 0:
+            # paths (0, l, l): the coupling is the identity, m = Y_lm R_l h_j (outer product)
+            weighted = radial * up[0].index_select(0, sender).unsqueeze(1)  # (E, P, C)
+            messages = edge_sh.unsqueeze(2) * weighted.index_select(1, self.edge_degrees)
+        else:
+            messages = self.message(up.transpose(0, 1).index_select(0, sender), edge_sh, radial)
+        atomic_basis = torch.zeros(
+            (n_nodes, messages.shape[1], self.channels),
+            dtype=messages.dtype,
+            device=messages.device,
+        ).index_add_(0, receiver, messages)
+        return atomic_basis.transpose(0, 1)
 
     def forward(
         self,
@@ -205,17 +268,17 @@ class _Interaction(nn.Module):
         receiver: Tensor,
         inv_avg_neighbors: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """features (D_in, N, C) -> (D_out, N, C) and per-atom energy contribution (N,)."""
-        n_nodes = features.shape[1]
-        up = self.up(features).transpose(0, 1)  # (N, D_in, C)
-        radial = self.radial(lengths).reshape(-1, self.num_paths, self.channels)
-        messages = self.message(up[sender], edge_sh, radial)  # (E, D, C)
-        atomic_basis = torch.zeros(
-            (n_nodes, messages.shape[1], self.channels),
-            dtype=messages.dtype,
-            device=messages.device,
-        ).index_add_(0, receiver, messages)
-        atomic_basis = (atomic_basis * inv_avg_neighbors).transpose(0, 1).contiguous()
+        """features (D_in, N, C) -> (D_out, N, C) and per-atom energy contribution (N,).
+
+        For a species-factorised first layer, ``features`` is the embedding table (1, S, C).
+        """
+        if self.species_factorised:
+            atomic_basis = self._atomic_basis_species(
+                features, species, edge_sh, lengths, sender, receiver
+            )
+        else:
+            atomic_basis = self._atomic_basis_edges(features, edge_sh, lengths, sender, receiver)
+        atomic_basis = (atomic_basis * inv_avg_neighbors).contiguous()
         mixed = self.gate(self.mixer(atomic_basis, species))  # (D_out, N, C)
         skip_linear = self.skip
         if skip_linear is not None:
@@ -291,6 +354,7 @@ class GMEP(nn.Module):
             layers.append(_Interaction(cfg, lmax_in, lmax_out, last, residual=t > 0))
             lmax_in = lmax_out
         self.layers = nn.ModuleList(layers)
+        self.first_layer_factorised: bool = layers[0].species_factorised
         self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
         self.to(dtype)
         self.register_buffer(
@@ -373,16 +437,21 @@ class GMEP(nn.Module):
         receiver = edge_index[0]
         sender = edge_index[1]
         shifts = torch.einsum(
-            "ek,ekl->el", data[keys.CELL_SHIFTS].to(cell.dtype), cell[batch[receiver]]
+            "ek,ekl->el",
+            data[keys.CELL_SHIFTS].to(cell.dtype),
+            cell.index_select(0, batch.index_select(0, receiver)),
         )
-        vectors = positions[sender] - positions[receiver] + shifts
+        vectors = positions.index_select(0, sender) - positions.index_select(0, receiver) + shifts
         dtype = self.embedding.dtype
         vectors = vectors.to(dtype)
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
         inv_avg = 1.0 / self.avg_num_neighbors
 
-        features = self.embedding[species].unsqueeze(0)  # (1, N, C)
+        if self.first_layer_factorised:
+            features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
+        else:
+            features = self.embedding.index_select(0, species).unsqueeze(0)  # (1, N, C)
         atomic = torch.zeros(positions.shape[0], dtype=dtype, device=positions.device)
         for layer in self.layers:
             features, contribution = layer(

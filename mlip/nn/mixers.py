@@ -35,7 +35,7 @@ class _SpeciesScale(nn.Module):
         self.register_buffer("degrees", degree_index(lmax), persistent=False)
 
     def forward(self, features: Tensor, species: Tensor) -> Tensor:
-        factors = self.scale[species][:, self.degrees]  # (N, D, C)
+        factors = self.scale.index_select(0, species).index_select(1, self.degrees)  # (N, D, C)
         return features * factors.transpose(0, 1)
 
 

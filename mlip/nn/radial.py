@@ -61,9 +61,16 @@ class SplineRadial(nn.Module):
         # Partition of unity: sum_k B_k = 1, so unit-variance control points give O(1) weights.
         self.control_points = nn.Parameter(torch.randn(num_basis - 3, num_out))
 
+    def basis(self, lengths: Tensor) -> Tensor:
+        """(E,) Å -> (E, K - 3) B-spline values; ``forward = basis @ control_points``."""
+        return cubic_bspline_basis(lengths, self.cutoff, self.num_basis)
+
+    def linear_weights(self) -> Tensor:
+        """(K - 3, num_out) control points: ``forward(r) = basis(r) @ linear_weights()``."""
+        return self.control_points
+
     def forward(self, lengths: Tensor) -> Tensor:
-        basis = cubic_bspline_basis(lengths, self.cutoff, self.num_basis)
-        return basis @ self.control_points
+        return self.basis(lengths) @ self.control_points
 
 
 def polynomial_envelope(lengths: Tensor, cutoff: float, p: int = 6) -> Tensor:
@@ -109,8 +116,16 @@ class BesselMLPRadial(nn.Module):
         layers.append(nn.Linear(width, num_out, bias=False))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, lengths: Tensor) -> Tensor:
+    def basis(self, lengths: Tensor) -> Tensor:
+        """(E,) Å -> (E, num_basis) enveloped Bessel functions (the MLP's input)."""
         r = lengths.unsqueeze(-1)
         bessel = math.sqrt(2.0 / self.cutoff) * torch.sin(self.frequencies * r) / r
         envelope = polynomial_envelope(lengths, self.cutoff).unsqueeze(-1)
-        return self.mlp(bessel * envelope)
+        return bessel * envelope
+
+    def linear_weights(self) -> Tensor:
+        """Not linear in its basis: callers must check for a spline radial first."""
+        raise RuntimeError("the Bessel-MLP radial is not linear in its basis")
+
+    def forward(self, lengths: Tensor) -> Tensor:
+        return self.mlp(self.basis(lengths))

@@ -1,0 +1,331 @@
+"""Pieces shared by the ``mlip-relax`` and ``mlip-md`` command lines.
+
+Everything a user can get wrong (a missing file, an unknown element, an existing
+output) is turned into a :class:`CLIError`, which :func:`run_cli` prints as one
+line ``PROG: error: MESSAGE`` on stderr before returning :data:`EXIT_ERROR`.
+
+The calculator is built by :func:`make_calculator`; tests replace that function
+(``monkeypatch.setattr(cli_common, "make_calculator", ...)``) to run the command
+lines with a reference calculator such as ASE's EMT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError
+from ase.calculators.singlepoint import SinglePointCalculator
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "ArgumentParser",
+    "CLIError",
+    "InputStructure",
+    "add_common_arguments",
+    "check_outputs",
+    "evaluate_energy",
+    "is_bulk",
+    "labelled_copy",
+    "make_calculator",
+    "read_structures",
+    "run_cli",
+    "structure_format",
+    "write_structures",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+_STRUCTURE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".cif": "cif"}
+
+
+class CLIError(Exception):
+    """A user-facing error, reported as one line without a traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser that raises :class:`CLIError` instead of exiting with usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(message)
+
+
+def one_line(message: object) -> str:
+    """Collapse all whitespace (newlines included) of ``message`` into single spaces."""
+    return " ".join(str(message).split())
+
+
+def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
+    """Run a command-line body and map errors to one stderr line and an exit status.
+
+    Args:
+        prog: Program name used as the prefix of error lines, e.g. ``"mlip-relax"``.
+        body: Function that parses ``argv`` and does the work; returns the exit status.
+        argv: Arguments without the program name; ``None`` means ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: the body's, :data:`EXIT_ERROR` for a :class:`CLIError`,
+        130 on Ctrl-C, or argparse's own code for ``--help``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return body(args)
+    except CLIError as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model``, ``--device`` and ``--overwrite`` to ``parser``."""
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        default=None,
+        help="exported model file (mlip-export); default: the built-in demo model "
+        "data/demo/model.pt (EMT Cu-Au, for demonstrations only)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the model: cpu, cuda or cuda:N (default: cpu)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace output files that already exist"
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputStructure:
+    """One structure read from the command line.
+
+    Attributes:
+        path: The input file as given (after glob expansion).
+        frame: Index of the frame within that file (0-based).
+        atoms: The structure; positions in Å.
+    """
+
+    path: str
+    frame: int
+    atoms: Atoms
+
+
+def _split_index(pattern: str) -> tuple[str, str | None]:
+    """Split ASE's ``FILE@INDEX`` syntax (e.g. ``md.extxyz@-1``) when FILE exists."""
+    if "@" in pattern and not Path(pattern).exists():
+        name, index = pattern.rsplit("@", 1)
+        if Path(name).is_file():
+            return name, index
+    return pattern, None
+
+
+def _expand(pattern: str) -> list[str]:
+    if glob.has_magic(pattern):
+        matches = sorted(p for p in glob.glob(pattern) if Path(p).is_file())
+        if not matches:
+            raise CLIError(f"no input file matches {pattern!r}")
+        return matches
+    path = Path(pattern)
+    if path.is_dir():
+        raise CLIError(f"input {pattern!r} is a directory, not a structure file")
+    if not path.exists():
+        raise CLIError(f"input file not found: {pattern}")
+    return [pattern]
+
+
+def read_structures(patterns: Sequence[str]) -> list[InputStructure]:
+    """Expand globs and read every frame of every file with ``ase.io.read``.
+
+    Args:
+        patterns: File names or glob patterns (any format ASE can read, CIF included);
+            ``FILE@INDEX`` selects frames with ASE's index syntax (``@-1``, ``@0:10``).
+
+    Returns:
+        The structures in command-line order, frames in file order; a file given
+        twice (directly and through a glob) is read once.
+
+    Raises:
+        CLIError: A pattern matches nothing, a file is missing, unreadable or empty.
+    """
+    from ase.io import read
+
+    files: list[tuple[str, str | None]] = []
+    for pattern in patterns:
+        name, index = _split_index(pattern)
+        for match in [name] if index is not None else _expand(name):
+            if (match, index) not in files:
+                files.append((match, index))
+    structures: list[InputStructure] = []
+    for name, index in files:
+        try:
+            frames = read(name, index=":" if index is None else index)
+        except Exception as exc:  # ASE raises many types for bad files
+            raise CLIError(f"cannot read {name}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(frames, Atoms):
+            frames = [frames]
+        frames = [frame for frame in frames if len(frame) > 0]
+        if not frames:
+            raise CLIError(f"cannot read {name}: no atoms found")
+        first = int(index) if index is not None and index.lstrip("-").isdigit() else 0
+        structures.extend(InputStructure(name, first + k, atoms) for k, atoms in enumerate(frames))
+    return structures
+
+
+def is_bulk(atoms: Atoms) -> bool:
+    """True when ``atoms`` is periodic in all three directions with a non-degenerate cell."""
+    return bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+
+
+# -------------------------------------------------------------------------- outputs
+
+
+def structure_format(path: str | Path, allowed: Sequence[str] = (".extxyz", ".xyz", ".cif")) -> str:
+    """ASE format name for an output structure file, chosen by its extension.
+
+    Raises:
+        CLIError: The extension is not one of ``allowed``.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in allowed:
+        raise CLIError(
+            f"cannot tell the format of output {str(path)!r}: use one of {', '.join(allowed)}"
+        )
+    return _STRUCTURE_FORMATS[suffix]
+
+
+def check_outputs(paths: Sequence[str | Path], overwrite: bool) -> None:
+    """Refuse to run when an output already exists (unless ``overwrite``) or is a directory.
+
+    Called before any work is done so that a long run never ends by failing to write.
+
+    Raises:
+        CLIError: For the first offending path.
+    """
+    seen: set[Path] = set()
+    for path in map(Path, paths):
+        resolved = path.resolve()
+        if resolved in seen:
+            raise CLIError(f"output {str(path)!r} is used twice")
+        seen.add(resolved)
+        if path.is_dir():
+            raise CLIError(f"output {str(path)!r} is a directory")
+        if path.exists() and not overwrite:
+            raise CLIError(f"output {str(path)!r} already exists (use --overwrite to replace it)")
+
+
+def labelled_copy(atoms: Atoms) -> Atoms:
+    """Copy ``atoms`` with its current energy, forces and (if available) stress attached.
+
+    The copy carries a :class:`SinglePointCalculator` and no constraints, so it can be
+    written to extxyz with its labels (eV, eV/Å, eV/Å³) and stays valid after ``atoms``
+    moves on.
+    """
+    copy = atoms.copy()
+    copy.set_constraint()
+    results: dict[str, object] = {
+        "energy": atoms.get_potential_energy(),
+        "forces": atoms.get_forces(),
+    }
+    if is_bulk(atoms):
+        try:
+            results["stress"] = atoms.get_stress()
+        except PropertyNotImplementedError:
+            pass
+    copy.calc = SinglePointCalculator(copy, **results)
+    return copy
+
+
+def write_structures(path: str | Path, frames: Sequence[Atoms], fmt: str) -> None:
+    """Write ``frames`` to ``path`` (parent directories are created)."""
+    from ase.io import write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(path, list(frames), format=fmt)
+    except Exception as exc:
+        raise CLIError(f"cannot write {path}: {type(exc).__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def _check_device(device: str) -> None:
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CLIError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"device {device!r} requested but CUDA is not available")
+
+
+def make_calculator(model: str | None, device: str) -> Calculator:
+    """Build the ASE calculator for ``--model``/``--device``.
+
+    Args:
+        model: Path to an exported model file, or ``None`` for the built-in default
+            model (:func:`calculators.defaults.default_model_path`).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        A ``calculators.MLIPCalculator``.
+
+    Raises:
+        CLIError: The model file is missing or cannot be loaded, or the device is
+            not available.
+    """
+    from calculators.defaults import default_model_path
+
+    if model is None:
+        try:
+            path = default_model_path()
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from exc
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise CLIError(f"model file not found: {model}")
+    _check_device(device)
+    try:
+        from calculators import MLIPCalculator  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise CLIError("calculators.MLIPCalculator is not available in this installation") from exc
+    try:
+        return MLIPCalculator(str(path), device=device)
+    except Exception as exc:  # torch raises RuntimeError, metadata checks ValueError
+        raise CLIError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def evaluate_energy(atoms: Atoms, label: str) -> float:
+    """Potential energy of ``atoms`` (eV), turning "model cannot handle this" into a CLIError.
+
+    The calculator contract is that an element the model does not know raises a
+    ``ValueError`` naming the model's species; that message is passed on.
+
+    Args:
+        atoms: Structure with a calculator attached.
+        label: Where the structure came from, e.g. ``"in.cif (frame 0)"``.
+    """
+    try:
+        energy = float(atoms.get_potential_energy())
+    except (ValueError, NotImplementedError) as exc:
+        raise CLIError(f"{label}: {exc}") from exc
+    if not np.isfinite(energy):
+        raise CLIError(f"{label}: the model returned a non-finite energy")
+    return energy

@@ -1,0 +1,254 @@
+"""End-to-end tests of ``mlip-relax`` (calculators/relax_cli.py).
+
+Most tests run the command line in-process with ASE's EMT in place of the model
+(``cli_common.make_calculator`` is monkeypatched); one test uses the real
+``MLIPCalculator`` and is skipped until the calculator and a model file exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read, write
+
+from calculators import cli_common, relax_cli
+
+
+class ContractEMT(EMT):
+    """EMT restricted to Cu/Au that fails like MLIPCalculator on an unknown element."""
+
+    species = ("Cu", "Au")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
+        if unknown:
+            raise ValueError(
+                f"element(s) {unknown} not in the model's species {list(self.species)}"
+            )
+        if system_changes is None:
+            super().calculate(atoms, properties)
+        else:
+            super().calculate(atoms, properties, system_changes)
+
+
+@pytest.fixture
+def emt(monkeypatch):
+    """Use ContractEMT as the model; records the (model, device) arguments."""
+    calls = []
+
+    def factory(model, device):
+        calls.append((model, device))
+        return ContractEMT()
+
+    monkeypatch.setattr(cli_common, "make_calculator", factory)
+    return calls
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    """A strained 4-atom Cu cell (CIF) and a 2-frame Au extxyz, in a temporary working dir."""
+    monkeypatch.chdir(tmp_path)
+    cu = bulk("Cu", "fcc", a=3.70, cubic=True)
+    cu.positions += np.random.default_rng(0).normal(scale=0.05, size=cu.positions.shape)
+    write("cu.cif", cu)
+    au = bulk("Au", "fcc", a=4.00) * (2, 1, 1)
+    au.positions[0] += [0.05, 0.02, 0.0]
+    write("au.extxyz", [au, au])
+    return tmp_path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("mlip-relax: error: ")
+    return lines[0]
+
+
+def test_relax_end_to_end(emt, inputs, capsys):
+    argv = ["cu.cif", "*.extxyz", "--device", "cpu", "--fmax", "0.05"]
+    argv += ["--summary", "s.csv", "--summary", "s.json", "--trajectory", "traj"]
+    assert relax_cli.main(argv) == 0
+    assert emt == [(None, "cpu")]
+
+    out = capsys.readouterr().out
+    assert "Cu4" in out and "Au2" in out and "3/3 converged" in out
+
+    relaxed = read("relaxed.extxyz", ":")
+    assert [a.get_chemical_formula() for a in relaxed] == ["Cu4", "Au2", "Au2"]
+    assert relaxed[0].info["converged"]
+    assert np.abs(relaxed[0].get_forces()).max() < 0.05
+    assert relaxed[0].get_stress().shape == (6,)
+    assert abs(relaxed[0].get_volume() / read("cu.cif").get_volume() - 1) > 0.02  # cell relaxed
+
+    with open("s.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["file"] for r in rows] == ["cu.cif", "au.extxyz", "au.extxyz"]
+    assert [r["frame"] for r in rows] == ["0", "0", "1"]
+    for column in ("formula", "energy_initial_eV", "energy_final_eV", "energy_per_atom_eV"):
+        assert column in rows[0]
+    for column in ("volume_change_percent", "steps", "converged"):
+        assert column in rows[0]
+    assert float(rows[0]["energy_final_eV"]) < float(rows[0]["energy_initial_eV"])
+    assert float(rows[0]["volume_change_percent"]) < 0  # a = 3.70 Å is larger than EMT's
+    assert all(r["converged"] == "True" for r in rows)
+
+    summary = json.loads(Path("s.json").read_text())
+    assert summary["settings"]["optimizer"] == "fire"
+    assert [s["formula"] for s in summary["structures"]] == ["Cu4", "Au2", "Au2"]
+    assert summary["structures"][0]["energy_final_eV"] == pytest.approx(
+        relaxed[0].get_potential_energy()
+    )
+    trajectories = sorted(p.name for p in Path("traj").iterdir())
+    assert trajectories == ["0000_cu_0.extxyz", "0001_au_0.extxyz", "0002_au_1.extxyz"]
+    steps = summary["structures"][0]["steps"]
+    assert len(read("traj/0000_cu_0.extxyz", ":")) == steps + 1
+
+
+def test_cif_output_no_cell_and_bfgs(emt, inputs):
+    assert relax_cli.main(["cu.cif", "--no-cell", "--optimizer", "bfgs", "-o", "out.cif"]) == 0
+    relaxed = read("out.cif")
+    assert relaxed.get_volume() == pytest.approx(read("cu.cif").get_volume())
+
+
+def test_pressure_and_fix_symmetry(emt, inputs):
+    write("cu_sym.cif", bulk("Cu", "fcc", a=3.62, cubic=True))
+    argv = ["cu_sym.cif", "--fix-symmetry", "--optimizer", "lbfgs", "--overwrite"]
+    assert relax_cli.main([*argv, "-o", "p0.extxyz"]) == 0
+    assert relax_cli.main([*argv, "--pressure", "20", "-o", "p20.extxyz"]) == 0
+    at_0, at_20 = read("p0.extxyz"), read("p20.extxyz")
+    assert at_20.get_volume() < 0.95 * at_0.get_volume()
+    assert np.allclose(at_20.cell.angles(), 90.0)  # cubic symmetry kept
+    pressure = -at_20.get_stress()[:3].mean() / units.GPa
+    assert pressure == pytest.approx(20, abs=1)
+
+
+def test_molecule_relaxes_positions_only(emt, inputs):
+    write("dimer.xyz", Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.0]]))
+    assert relax_cli.main(["dimer.xyz", "--summary", "m.csv"]) == 0
+    with open("m.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["volume_change_percent"] == ""
+    assert read("relaxed.extxyz").get_distance(0, 1) > 2.0
+
+
+def test_not_converged_exit_status(emt, inputs, capsys):
+    rc = relax_cli.main(["cu.cif", "--steps", "2", "--summary", "s.json"])
+    assert rc == relax_cli.EXIT_NOT_CONVERGED == 2
+    captured = capsys.readouterr()
+    assert "NO" in captured.out and "did not converge" in captured.err
+    (structure,) = json.loads(Path("s.json").read_text())["structures"]
+    assert structure["converged"] is False and structure["steps"] == 2
+    assert read("relaxed.extxyz").info["converged"] is False  # result still written
+
+
+def test_never_overwrites(emt, inputs, capsys):
+    Path("relaxed.extxyz").write_text("keep me")
+    assert relax_cli.main(["cu.cif"]) == 1
+    assert "already exists" in _error_line(capsys)
+    assert Path("relaxed.extxyz").read_text() == "keep me"
+
+    Path("s.csv").write_text("keep me too")
+    assert relax_cli.main(["cu.cif", "-o", "new.extxyz", "--summary", "s.csv"]) == 1
+    assert "s.csv" in _error_line(capsys)
+    assert not Path("new.extxyz").exists()  # checked before doing anything
+
+    assert relax_cli.main(["cu.cif", "--overwrite"]) == 0
+    assert len(read("relaxed.extxyz", ":")) == 1
+
+
+def _write_bad_inputs() -> None:
+    Path("garbage.cif").write_text("this is not a CIF file\n")
+    write("fe.cif", bulk("Fe", "bcc", a=2.87, cubic=True))
+    write("dimer.xyz", Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.3]]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["missing.cif"], "input file not found: missing.cif"),
+        (["nothing*.cif"], "no input file matches"),
+        (["garbage.cif"], "cannot read garbage.cif"),
+        (["fe.cif"], "not in the model's species"),
+        (["dimer.xyz", "--cell"], "not 3-D periodic; --cell"),
+        (["dimer.xyz", "--pressure", "1"], "not 3-D periodic; --pressure"),
+        (["cu.cif", "--no-cell", "--pressure", "1"], "--pressure needs cell relaxation"),
+        (["cu.cif", "--bogus"], "unrecognized arguments: --bogus"),
+        (["cu.cif", "--optimizer", "newton"], "invalid choice: 'newton'"),
+        (["cu.cif", "--fmax", "0"], "--fmax must be positive"),
+        (["cu.cif", "-o", "out.pdb"], "cannot tell the format of output"),
+        (["cu.cif", "--summary", "s.txt"], "use a .csv or .json file"),
+        ([], "the following arguments are required: INPUT"),
+    ],
+)
+def test_bad_input_one_error_line(emt, inputs, capsys, argv, expected):
+    _write_bad_inputs()
+    assert relax_cli.main(argv) == 1
+    assert expected in _error_line(capsys)
+    assert not Path("relaxed.extxyz").exists()
+
+
+def test_missing_model_file(inputs, capsys):
+    assert relax_cli.main(["cu.cif", "--model", "no_such_model.pt"]) == 1
+    assert "model file not found: no_such_model.pt" in _error_line(capsys)
+
+
+def test_help_exits_zero(capsys):
+    assert relax_cli.main(["--help"]) == 0
+    assert "--fix-symmetry" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def real_model(tmp_path_factory) -> Path:
+    """A tiny, untrained Cu/Au model exported with mlip.export (skips if not available)."""
+    for module in ("calculators.calculator", "mlip.export", "mlip.models"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} does not exist yet")
+    import torch
+
+    from mlip.export import save
+    from mlip.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(species=[29, 79], cutoff=4.5, preset="small", dtype=torch.float64)
+    model.set_statistics(avg_num_neighbors=20.0, reference_energies={29: -3.0, 79: -3.5})
+    return save(model.eval(), tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def test_relax_with_real_mlip_calculator(real_model, inputs, capsys):
+    cuau = bulk("Cu", "fcc", a=3.75, cubic=True)
+    cuau.symbols[:2] = "Au"
+    cuau.positions[0] += [0.1, 0.0, 0.05]
+    write("cuau.cif", cuau)
+    argv = ["cuau.cif", "--model", str(real_model), "--steps", "2", "--summary", "r.json"]
+    assert relax_cli.main(argv) in (0, relax_cli.EXIT_NOT_CONVERGED)
+    (structure,) = json.loads(Path("r.json").read_text())["structures"]
+    assert structure["formula"] == "Au2Cu2" and structure["steps"] <= 2
+    assert np.isfinite(structure["energy_final_eV"])
+    assert read("relaxed.extxyz").get_stress().shape == (6,)
+
+    # An element outside the model's species gives one error line naming the species.
+    capsys.readouterr()
+    write("fe.cif", bulk("Fe", "bcc", a=2.87, cubic=True))
+    assert relax_cli.main(["fe.cif", "--model", str(real_model), "-o", "fe.extxyz"]) == 1
+    assert "Au" in _error_line(capsys)
+
+
+def test_default_model_if_trained(inputs):
+    from calculators.defaults import default_model_path
+
+    try:
+        default_model_path()
+    except FileNotFoundError:
+        pytest.skip("built-in model data/demo/model.pt has not been trained yet")
+    cuau = Path(__file__).resolve().parents[1] / "data" / "demo" / "CuAu_rattled.cif"
+    assert relax_cli.main([str(cuau), "--steps", "2"]) in (0, relax_cli.EXIT_NOT_CONVERGED)
