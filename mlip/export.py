@@ -122,6 +122,9 @@ def save(model: torch.nn.Module, path: str | os.PathLike, **info: Any) -> Path:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
             torch.jit.save(scripted, temporary, _extra_files={METADATA_FILE: encoded})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -25,7 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="best",
         help="best EMA weights (default), last EMA weights, or the raw weights",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
+    from pathlib import Path
+
+    if Path(args.output).exists() and not args.overwrite:
+        parser.exit(1, f"mlip-export: error: {args.output} exists (use --overwrite)\n")
+    if not Path(args.checkpoint).is_file():
+        parser.exit(1, f"mlip-export: error: {args.checkpoint}: no such checkpoint\n")
 
     import mlip.export
     from training.checkpoint import load_checkpoint

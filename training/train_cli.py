@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
