@@ -16,27 +16,10 @@ import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.io import read, write
+from contract_emt import ContractEMT
 
 from calculators import cli_common, relax_cli
-
-
-class ContractEMT(EMT):
-    """EMT restricted to Cu/Au that fails like MLIPCalculator on an unknown element."""
-
-    species = ("Cu", "Au")
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
-        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
-        if unknown:
-            raise ValueError(
-                f"element(s) {unknown} not in the model's species {list(self.species)}"
-            )
-        if system_changes is None:
-            super().calculate(atoms, properties)
-        else:
-            super().calculate(atoms, properties, system_changes)
 
 
 @pytest.fixture
