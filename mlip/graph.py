@@ -141,7 +141,7 @@ class AtomicGraph:
         return cls(
             positions=positions_t,
             atomic_numbers=numbers_t,
-            cell=torch.as_tensor(cell_np).reshape(1, 3, 3).clone(),
+            cell=torch.tensor(cell_np, dtype=torch.float64).reshape(1, 3, 3),
             pbc=torch.as_tensor(pbc_np).reshape(1, 3),
             edge_index=edge_index,
             cell_shifts=cell_shifts,
