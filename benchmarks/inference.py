@@ -81,8 +81,7 @@ def count_flops(model: torch.nn.Module, data: dict) -> tuple[float, float]:
     from mlip.derivatives import ForceStress
 
     with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            model(data)
+        model(data)  # not under no_grad: the module tracker needs grad_fns on views of params
     forward = counter.get_total_flops()
     # FlopCounterMode cannot run autograd.grad w.r.t. a leaf: pass non-leaf positions.
     positions = data["positions"].detach().requires_grad_(True) * 1.0

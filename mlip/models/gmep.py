@@ -203,6 +203,10 @@ class _Interaction(nn.Module):
         # per-edge tensor is then (K, D) instead of (D, C) and the rest is a node-side GEMM.
         self.species_factorised = (not residual) and lmax_in == 0 and cfg.radial == "spline"
         self.num_species = len(cfg.species)
+        # Later layers with scalar inputs and the spline radial: A_i = sum_k W_k T_i[k] with
+        # T_i = sum_j (B_k(r_ij) Y(r_ij)) h_j, one GEMM per receiver over its padded neighbour
+        # list, so no (E, D, C) message tensor is formed.
+        self.receiver_gemm = residual and lmax_in == 0 and cfg.radial == "spline"
 
     def _atomic_basis_species(
         self,
@@ -232,6 +236,41 @@ class _Interaction(nn.Module):
         weights = species_features.unsqueeze(1).unsqueeze(0) * control.unsqueeze(1)
         weights = weights.reshape(d_edge, n_species * n_basis, self.channels)
         return torch.bmm(gathered, weights)  # (D, N, C)
+
+    def _atomic_basis_receiver_gemm(
+        self,
+        features: Tensor,
+        edge_sh: Tensor,
+        lengths: Tensor,
+        sender: Tensor,
+        padded_slot: Tensor,
+        max_neighbors: int,
+    ) -> Tensor:
+        """Atomic basis (D, N, C) for scalar features, as per-receiver GEMMs.
+
+        ``padded_slot`` (E,) puts edge e at row ``i * max_neighbors + k`` of a zero-padded
+        (N * max_neighbors) neighbour table of its receiver i.
+        """
+        n_nodes = features.shape[1]
+        basis = self.radial.basis(lengths)  # (E, K')
+        n_basis = basis.shape[1]
+        d_edge = edge_sh.shape[1]
+        outer = (basis.unsqueeze(2) * edge_sh.unsqueeze(1)).reshape(-1, n_basis * d_edge)
+        source = self.up(features)[0].index_select(0, sender)  # (E, C)
+        rows = n_nodes * max_neighbors
+        outer_padded = torch.zeros(
+            (rows, n_basis * d_edge), dtype=outer.dtype, device=outer.device
+        ).index_copy(0, padded_slot, outer)
+        source_padded = torch.zeros(
+            (rows, self.channels), dtype=source.dtype, device=source.device
+        ).index_copy(0, padded_slot, source)
+        moments = torch.bmm(
+            outer_padded.reshape(n_nodes, max_neighbors, n_basis * d_edge).transpose(1, 2),
+            source_padded.reshape(n_nodes, max_neighbors, self.channels),
+        ).reshape(n_nodes, n_basis, d_edge, self.channels)
+        control = self.radial.linear_weights().reshape(n_basis, self.num_paths, self.channels)
+        control = control.index_select(1, self.edge_degrees)  # (K', D, C)
+        return (moments * control.unsqueeze(0)).sum(1).transpose(0, 1)  # (D, N, C)
 
     def _atomic_basis_edges(
         self,
@@ -267,6 +306,8 @@ class _Interaction(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         inv_avg_neighbors: Tensor,
+        padded_slot: Tensor,
+        max_neighbors: int,
     ) -> tuple[Tensor, Tensor]:
         """features (D_in, N, C) -> (D_out, N, C) and per-atom energy contribution (N,).
 
@@ -275,6 +316,10 @@ class _Interaction(nn.Module):
         if self.species_factorised:
             atomic_basis = self._atomic_basis_species(
                 features, species, edge_sh, lengths, sender, receiver
+            )
+        elif self.receiver_gemm:
+            atomic_basis = self._atomic_basis_receiver_gemm(
+                features, edge_sh, lengths, sender, padded_slot, max_neighbors
             )
         else:
             atomic_basis = self._atomic_basis_edges(features, edge_sh, lengths, sender, receiver)
@@ -355,6 +400,7 @@ class GMEP(nn.Module):
             lmax_in = lmax_out
         self.layers = nn.ModuleList(layers)
         self.first_layer_factorised: bool = layers[0].species_factorised
+        self.any_receiver_gemm: bool = any(layer.receiver_gemm for layer in layers)
         self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
         self.to(dtype)
         self.register_buffer(
@@ -417,6 +463,22 @@ class GMEP(nn.Module):
             )
         return species
 
+    def _padded_slots(self, receiver: Tensor, n_nodes: int) -> tuple[Tensor, int]:
+        """Row of each edge in a zero-padded (N * M) per-receiver table, and M."""
+        if not self.any_receiver_gemm or receiver.numel() == 0:
+            return receiver, 1
+        counts = torch.bincount(receiver, minlength=n_nodes)
+        max_neighbors = int(counts.max())
+        order = torch.argsort(receiver, stable=True)
+        first = torch.cumsum(counts, 0) - counts
+        sorted_receiver = receiver.index_select(0, order)
+        rank = torch.arange(receiver.numel(), device=receiver.device) - first.index_select(
+            0, sorted_receiver
+        )
+        slot = torch.empty_like(receiver)
+        slot.index_copy_(0, order, sorted_receiver * max_neighbors + rank)
+        return slot, max_neighbors
+
     def forward(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Energies of a batch.
 
@@ -447,6 +509,7 @@ class GMEP(nn.Module):
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
         inv_avg = 1.0 / self.avg_num_neighbors
+        padded_slot, max_neighbors = self._padded_slots(receiver, positions.shape[0])
 
         if self.first_layer_factorised:
             features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
@@ -455,7 +518,15 @@ class GMEP(nn.Module):
         atomic = torch.zeros(positions.shape[0], dtype=dtype, device=positions.device)
         for layer in self.layers:
             features, contribution = layer(
-                features, species, edge_sh, lengths, sender, receiver, inv_avg
+                features,
+                species,
+                edge_sh,
+                lengths,
+                sender,
+                receiver,
+                inv_avg,
+                padded_slot,
+                max_neighbors,
             )
             atomic = atomic + contribution
         energies = (
