@@ -24,12 +24,13 @@ i.e. GEMM/BMM, which dominate):
 =========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
 preset     L      lmax_hidden  C     H     nu   layers  K     parameters  fwd MFLOP/atom
 =========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
-small      2      0            48    96    2    2       8     see README  see README
-medium     3      0            64    128   3    2       12    see README  see README
-large      3      1            128   256   3    3       16    see README  see README
+small      2      0            64    96    2    2       8     109,712     1.18
+medium     3      0            64    128   3    2       12    386,832     5.82
+large      3      1            128   256   3    3       16    2,582,800   see README
 =========  =====  ===========  ====  ====  ===  ======  ====  ==========  ==============
 
-(The measured numbers for 1 species and for 89 species are in ``mlip/models/README.md``.)
+(Parameters for one species; energy+forces FLOPs and timings are in ``mlip/models/README.md``
+and ``BENCHMARKS.md``.)
 """
 
 from __future__ import annotations
