@@ -136,15 +136,22 @@ def write_split(work: Path, seed: int, n_valid: int) -> dict[str, str]:
     write(paths["valid"], [frames[i] for i in valid_idx], format="extxyz")
     write(paths["test"], relabel(read(DATA / "test_MD_300K.xyz", ":")), format="extxyz")
     (work / "split.json").write_text(
-        json.dumps({"seed": seed, "train": [int(i) for i in train_idx],
-                    "valid": [int(i) for i in valid_idx]})
+        json.dumps(
+            {
+                "seed": seed,
+                "train": [int(i) for i in train_idx],
+                "valid": [int(i) for i in valid_idx],
+            }
+        )
     )
     return {k: str(v) for k, v in paths.items()}
 
 
 def isolated_e0s() -> dict[int, float]:
-    return {int(a.numbers[0]): float(a.get_potential_energy())
-            for a in read(DATA / "isolated_atoms.xyz", ":")}
+    return {
+        int(a.numbers[0]): float(a.get_potential_energy())
+        for a in read(DATA / "isolated_atoms.xyz", ":")
+    }
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -154,11 +161,13 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_mlip(preset: str, paths: dict[str, str], work: Path, minutes: float, threads: int,
-             seed: int) -> dict:
+def run_mlip(
+    preset: str, paths: dict[str, str], work: Path, minutes: float, threads: int, seed: int
+) -> dict:
     out_dir = work / f"mlip_{preset}"
     cmd = [
-        "mlip-train", str(REPO / "training/configs/acac.yaml"),
+        "mlip-train",
+        str(REPO / "training/configs/acac.yaml"),
         f"model.preset={preset}",
         f"data.train={paths['train']}",
         f"data.valid={paths['valid']}",
@@ -178,8 +187,9 @@ def run_mlip(preset: str, paths: dict[str, str], work: Path, minutes: float, thr
     print("$", " ".join(cmd), flush=True)
     t0 = time.monotonic()
     with open(work / f"mlip_{preset}.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=thread_env(threads), stdout=log,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=thread_env(threads), stdout=log, stderr=subprocess.STDOUT
+        )
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"mlip-train {preset} failed, see {work}/mlip_{preset}.log")
@@ -188,20 +198,24 @@ def run_mlip(preset: str, paths: dict[str, str], work: Path, minutes: float, thr
         epochs = sum(1 for _ in csv.DictReader(handle))
     test = summary["test"]
     return {
-        "code": "mlip", "model": preset, "command": cmd,
+        "code": "mlip",
+        "model": preset,
+        "command": cmd,
         "energy_rmse_meV_atom": 1000 * test["energy_rmse"],
         "forces_rmse_meV_A": 1000 * test["forces_rmse"],
         "energy_mae_meV_atom": 1000 * test["energy_mae"],
         "forces_mae_meV_A": 1000 * test["forces_mae"],
-        "epochs": epochs, "best_epoch": summary.get("best_epoch"),
+        "epochs": epochs,
+        "best_epoch": summary.get("best_epoch"),
         "stop_reason": summary.get("stop_reason"),
         "train_wall_s": summary.get("wall_time_s"),  # training + final valid/test evaluation
         "total_wall_s": wall,
     }
 
 
-def run_mace(paths: dict[str, str], work: Path, minutes: float, threads: int, seed: int,
-             venv: Path) -> dict:
+def run_mace(
+    paths: dict[str, str], work: Path, minutes: float, threads: int, seed: int, venv: Path
+) -> dict:
     mace_dir = work / "mace"
     mace_dir.mkdir(parents=True, exist_ok=True)
     env = thread_env(threads)
@@ -225,8 +239,9 @@ def run_mace(paths: dict[str, str], work: Path, minutes: float, threads: int, se
     budget = 60.0 * minutes
     t0 = time.monotonic()
     with open(work / "mace_train.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             proc.wait(timeout=budget)
             killed = False
@@ -259,19 +274,30 @@ def run_mace(paths: dict[str, str], work: Path, minutes: float, threads: int, se
         raise RuntimeError("MACE export failed; see mace_export.log")
     metrics_path = work / "mace_test.json"
     subprocess.run(
-        [str(venv / "bin/python"), "-c", MACE_EVAL_SNIPPET, str(model_path), paths["test"],
-         str(metrics_path), str(threads)],
-        env=env, check=True,
+        [
+            str(venv / "bin/python"),
+            "-c",
+            MACE_EVAL_SNIPPET,
+            str(model_path),
+            paths["test"],
+            str(metrics_path),
+            str(threads),
+        ],
+        env=env,
+        check=True,
     )
     eval_wall = time.monotonic() - t1
     test = json.loads(metrics_path.read_text())
     return {
-        "code": "mace", "model": "MACE 128x0e L=0 corr3 ell3 2 layers", "command": cmd,
+        "code": "mace",
+        "model": "MACE 128x0e L=0 corr3 ell3 2 layers",
+        "command": cmd,
         "energy_rmse_meV_atom": 1000 * test["energy_rmse"],
         "forces_rmse_meV_A": 1000 * test["forces_rmse"],
         "energy_mae_meV_atom": 1000 * test["energy_mae"],
         "forces_mae_meV_A": 1000 * test["forces_mae"],
-        "epochs": epochs, "best_epoch": int(best.group(1)) if best else None,
+        "epochs": epochs,
+        "best_epoch": int(best.group(1)) if best else None,
         "stop_reason": "killed_at_budget" if killed else f"exit {proc.returncode}",
         "train_wall_s": train_wall,  # process start to kill, imports and setup included
         "total_wall_s": train_wall + eval_wall,
@@ -282,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run")
-    parser.add_argument("--runs", nargs="+", default=["small", "medium", "mace"],
-                        help="mlip presets and/or 'mace'")
+    parser.add_argument(
+        "--runs", nargs="+", default=["small", "medium", "mace"], help="mlip presets and/or 'mace'"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/train_acac"))
     parser.add_argument("--mace-venv", type=Path, default=Path("/tmp/mace-venv"))
@@ -295,37 +322,55 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         try:
             if run == "mace":
-                rows.append(run_mace(paths, args.work_dir, args.minutes, args.threads,
-                                     args.seed, args.mace_venv))
+                rows.append(
+                    run_mace(
+                        paths, args.work_dir, args.minutes, args.threads, args.seed, args.mace_venv
+                    )
+                )
             else:
-                rows.append(run_mlip(run, paths, args.work_dir, args.minutes, args.threads,
-                                     args.seed))
+                rows.append(
+                    run_mlip(run, paths, args.work_dir, args.minutes, args.threads, args.seed)
+                )
         except Exception as exc:  # keep the other runs' results
             print(f"{run}: FAILED: {exc}", file=sys.stderr, flush=True)
-            rows.append({"code": "mace" if run == "mace" else "mlip", "model": run,
-                         "error": str(exc)})
+            rows.append(
+                {"code": "mace" if run == "mace" else "mlip", "model": run, "error": str(exc)}
+            )
 
-    header = f"{'run':<40} {'E RMSE meV/at':>14} {'F RMSE meV/A':>13} {'epochs':>7} " \
-             f"{'train s':>8} {'total s':>8}"
+    header = (
+        f"{'run':<40} {'E RMSE meV/at':>14} {'F RMSE meV/A':>13} {'epochs':>7} "
+        f"{'train s':>8} {'total s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
             print(f"{r['code'] + ' ' + r['model']:<40} FAILED: {r['error']}")
             continue
-        print(f"{r['code'] + ' ' + r['model']:<40} {r['energy_rmse_meV_atom']:>14.3f} "
-              f"{r['forces_rmse_meV_A']:>13.2f} {r['epochs']:>7d} {r['train_wall_s']:>8.0f} "
-              f"{r['total_wall_s']:>8.0f}")
+        print(
+            f"{r['code'] + ' ' + r['model']:<40} {r['energy_rmse_meV_atom']:>14.3f} "
+            f"{r['forces_rmse_meV_A']:>13.2f} {r['epochs']:>7d} {r['train_wall_s']:>8.0f} "
+            f"{r['total_wall_s']:>8.0f}"
+        )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "AcAc 300K: train 450 / valid 50 of train_300K.xyz, test_MD_300K.xyz (650)",
-        "minutes": args.minutes, "threads": args.threads, "seed": args.seed,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "mace_settings": MACE_MODEL_ARGS + MACE_TRAIN_ARGS,
-        "units": {"energy": "meV/atom (RMSE of E/N)", "forces": "meV/A (per component)"},
-        "results": rows,
-    }, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": (
+                    "AcAc 300K: train 450 / valid 50 of train_300K.xyz, test_MD_300K.xyz (650)"
+                ),
+                "minutes": args.minutes,
+                "threads": args.threads,
+                "seed": args.seed,
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                "mace_settings": MACE_MODEL_ARGS + MACE_TRAIN_ARGS,
+                "units": {"energy": "meV/atom (RMSE of E/N)", "forces": "meV/A (per component)"},
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
 
 
