@@ -8,7 +8,6 @@ calculator and a model file exist.
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.io import read, write
-from contract_emt import ContractEMT
+from contract_emt import ContractEMT, export_untrained_cu_au_model
 
 from calculators import cli_common, md_cli
 
@@ -171,19 +170,7 @@ def test_missing_default_model_is_clear(inputs, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def real_model(tmp_path_factory) -> Path:
-    """A tiny, untrained Cu/Au model exported with mlip.export (skips if not available)."""
-    for module in ("calculators.calculator", "mlip.export", "mlip.models"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} does not exist yet")
-    import torch
-
-    from mlip.export import save
-    from mlip.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(species=[29, 79], cutoff=4.5, preset="small", dtype=torch.float64)
-    model.set_statistics(avg_num_neighbors=20.0, reference_energies={29: -3.0, 79: -3.5})
-    return save(model.eval(), tmp_path_factory.mktemp("model") / "model.pt")
+    return export_untrained_cu_au_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def test_md_with_real_mlip_calculator(real_model, inputs, capsys):
@@ -200,12 +187,6 @@ def test_md_with_real_mlip_calculator(real_model, inputs, capsys):
     assert "Au" in _error_line(capsys)
 
 
-def test_default_model_if_trained(inputs):
-    from calculators.defaults import default_model_path
-
-    try:
-        default_model_path()
-    except FileNotFoundError:
-        pytest.skip("built-in model data/demo/model.pt has not been trained yet")
+def test_default_model(inputs):
     argv = ["cuau.cif", "--ensemble", "nve", "--temperature", "300", "--timestep", "1"]
     assert md_cli.main([*argv, "--steps", "2"]) == 0

@@ -8,7 +8,6 @@ Most tests run the command line in-process with ASE's EMT in place of the model
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from ase import Atoms, units
 from ase.build import bulk
 from ase.io import read, write
-from contract_emt import ContractEMT
+from contract_emt import ContractEMT, export_untrained_cu_au_model
 
 from calculators import cli_common, relax_cli
 
@@ -192,19 +191,7 @@ def test_help_exits_zero(capsys):
 
 @pytest.fixture(scope="module")
 def real_model(tmp_path_factory) -> Path:
-    """A tiny, untrained Cu/Au model exported with mlip.export (skips if not available)."""
-    for module in ("calculators.calculator", "mlip.export", "mlip.models"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} does not exist yet")
-    import torch
-
-    from mlip.export import save
-    from mlip.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(species=[29, 79], cutoff=4.5, preset="small", dtype=torch.float64)
-    model.set_statistics(avg_num_neighbors=20.0, reference_energies={29: -3.0, 79: -3.5})
-    return save(model.eval(), tmp_path_factory.mktemp("model") / "model.pt")
+    return export_untrained_cu_au_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def test_relax_with_real_mlip_calculator(real_model, inputs, capsys):
@@ -226,12 +213,6 @@ def test_relax_with_real_mlip_calculator(real_model, inputs, capsys):
     assert "Au" in _error_line(capsys)
 
 
-def test_default_model_if_trained(inputs):
-    from calculators.defaults import default_model_path
-
-    try:
-        default_model_path()
-    except FileNotFoundError:
-        pytest.skip("built-in model data/demo/model.pt has not been trained yet")
+def test_default_model(inputs):
     cuau = Path(__file__).resolve().parents[1] / "data" / "demo" / "CuAu_rattled.cif"
     assert relax_cli.main([str(cuau), "--steps", "2"]) in (0, relax_cli.EXIT_NOT_CONVERGED)
