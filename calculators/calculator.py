@@ -18,6 +18,7 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip import AtomicGraph, keys
+from mlip.allocator import keep_freed_memory
 from mlip.export import build_metadata, load
 from mlip.neighbors import neighbor_list
 
@@ -80,6 +81,10 @@ class MLIPCalculator(Calculator):
             (must match the model; a mismatch is an error rather than a silent cast).
         skin: Verlet skin in Å for neighbour-list reuse (0 disables reuse).
 
+    On the CPU the calculator calls :func:`mlip.allocator.keep_freed_memory` (process-wide:
+    glibc keeps freed tensor memory for the next step instead of unmapping it; 2-5x faster from
+    1k atoms up; ``MLIP_KEEP_FREED_MEMORY=0`` turns it off).
+
     Results (float64): ``energy`` and ``free_energy`` (eV), ``forces`` (N, 3) eV/Å,
     ``energies`` (N,) eV per atom, and ``stress`` (Voigt 6, eV/Å³, ASE sign) for cells periodic
     in all three directions.
@@ -97,6 +102,8 @@ class MLIPCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         if isinstance(model, (str, os.PathLike)):
             module, metadata = load(model, device=self.device)
         elif isinstance(model, tuple):

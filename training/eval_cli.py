@@ -84,8 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import mlip.export
+    from mlip.allocator import keep_freed_memory
     from training.plots import parity_plot
 
+    if torch.device(args.device).type == "cpu":
+        keep_freed_memory()
     module, metadata = mlip.export.load(args.model, device=args.device)
     cutoff = float(metadata["cutoff"])
     results: dict[str, Any] = {}

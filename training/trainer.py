@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mlip import AtomicGraph
+from mlip.allocator import keep_freed_memory
 from training import distributed
 from training.checkpoint import (
     capture_rng_state,
@@ -485,6 +486,8 @@ def _train(
         output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # large tensors reuse heap memory instead of page-faulting each step
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     _seed_everything(cfg.seed)

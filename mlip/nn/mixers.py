@@ -99,17 +99,17 @@ class GridProductMixer(nn.Module):
             hidden = self.hidden
             n_nodes = features.shape[1]
             lifted = lift(features)  # (D, N, nu H)
-            on_grid = self.grid(lifted)  # (G, N, nu H)
-            product = on_grid[..., :hidden] * on_grid[..., hidden : 2 * hidden]
+            # split, not slices: the backward of split is one cat, that of each slice a
+            # zero-filled (G, N, nu H) tensor
+            operands = self.grid(lifted).split(hidden, dim=-1)  # nu x (G, N, H)
+            product = operands[0] * operands[1]
             products = [product]
             k = 2
             for reweight in self.reweight:
                 coefficients = (
                     self.grid.from_grid @ product.reshape(product.shape[0], -1)
                 ).reshape(-1, n_nodes, hidden)
-                product = (
-                    self.grid(reweight(coefficients)) * on_grid[..., k * hidden : (k + 1) * hidden]
-                )
+                product = self.grid(reweight(coefficients)) * operands[k]
                 products.append(product)
                 k += 1
             stacked = torch.cat(products, dim=-1)  # (G, N, (nu - 1) H)
