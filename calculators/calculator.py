@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -112,10 +113,14 @@ class MLIPCalculator(Calculator):
             from mlip.export import script
 
             metadata = build_metadata(model)
-            module = script(model)
+            module = script(copy.deepcopy(model))  # leave the caller's model trainable
         else:
             raise TypeError(f"model must be a path or a torch module, got {type(model)}")
+        # inference only: without parameter gradients autograd saves ~20 % less for the
+        # force backward pass (nothing is kept for dE/dweights)
         self.model = module.to(self.device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
         self.metadata = metadata
         self.cutoff = float(metadata["cutoff"])
         self.atomic_numbers = [int(z) for z in metadata["atomic_numbers"]]

@@ -64,6 +64,17 @@ def test_results_equal_the_model(model_file: Path) -> None:
     assert energies.sum() == pytest.approx(atoms.get_potential_energy(), rel=1e-10)
 
 
+def test_in_memory_model_is_left_trainable() -> None:
+    """The calculator freezes its own copy (inference saves less), never the caller's model."""
+    model = _model().train()
+    atoms = _cu_au()
+    atoms.calc = MLIPCalculator(model)
+    atoms.get_forces()
+    assert model.training
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    assert not any(parameter.requires_grad for parameter in atoms.calc.model.parameters())
+
+
 def test_forces_and_stress_match_finite_differences(model_file: Path) -> None:
     atoms = _cu_au(seed=3)
     atoms.calc = MLIPCalculator(model_file, skin=0.0)

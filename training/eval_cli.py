@@ -90,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if torch.device(args.device).type == "cpu":
         keep_freed_memory()
     module, metadata = mlip.export.load(args.model, device=args.device)
+    for parameter in module.parameters():  # forces only: autograd then saves less
+        parameter.requires_grad_(False)
     cutoff = float(metadata["cutoff"])
     results: dict[str, Any] = {}
     for index, path in enumerate(args.data):

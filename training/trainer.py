@@ -648,16 +648,15 @@ def _train(
             if info.enabled:  # every rank must agree on whether stress is used
                 flag = torch.tensor([0.0 if step_stress or not graphs else 1.0])
                 step_stress = use_stress and distributed.all_reduce_sum(flag).item() == 0
+            graph = AtomicGraph.batch(graphs) if graphs else None
             local = (
-                batch_counts(AtomicGraph.batch(graphs), step_stress)
-                if graphs
-                else LossCounts(0.0, 0.0, 0.0)
+                batch_counts(graph, step_stress) if graph is not None else LossCounts(0.0, 0.0, 0.0)
             )
             counts = LossCounts.from_tensor(distributed.all_reduce_sum(local.as_tensor()))
             schedule.set_step(global_step)
             optimizer.zero_grad(set_to_none=True)
-            if graphs:
-                graph = AtomicGraph.batch(graphs).to(device)
+            if graph is not None:
+                graph = graph.to(device)
                 predictions = wrappers[step_stress](graph.as_dict())
                 loss, _ = weighted_loss(
                     predictions,

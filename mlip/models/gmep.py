@@ -210,66 +210,53 @@ class _Interaction(nn.Module):
         self.receiver_gemm = residual and lmax_in == 0 and cfg.radial == "spline"
 
     def _atomic_basis_species(
-        self,
-        features: Tensor,
-        species: Tensor,
-        edge_sh: Tensor,
-        lengths: Tensor,
-        sender: Tensor,
-        receiver: Tensor,
+        self, features: Tensor, n_nodes: int, outer_padded: Tensor, species_slot: Tensor
     ) -> Tensor:
-        """Layer-0 atomic basis (D, N, C); ``features`` is the species table (1, S, C)."""
-        n_nodes = species.shape[0]
+        """Layer-0 atomic basis (D, N, C); ``features`` is the species table (1, S, C).
+
+        ``outer_padded`` (N M, K' D) holds B_k(r) Y(r) of every neighbour-table row and
+        ``species_slot`` (N M,) its receiver * S + sender species (padding rows add zeros).
+        """
         n_species = self.num_species
         species_features = self.up(features)[0]  # (S, C)
-        basis = self.radial.basis(lengths)  # (E, K')
-        n_basis = basis.shape[1]
-        d_edge = edge_sh.shape[1]
-        outer = (basis.unsqueeze(2) * edge_sh.unsqueeze(1)).reshape(-1, n_basis * d_edge)
-        slot = receiver * n_species + species.index_select(0, sender)
+        control = self.radial.linear_weights()  # (K', P C)
+        n_basis = control.shape[0]
+        d_edge = outer_padded.shape[1] // n_basis
         gathered = torch.zeros(
-            (n_nodes * n_species, n_basis * d_edge), dtype=outer.dtype, device=outer.device
-        ).index_add_(0, slot, outer)
+            (n_nodes * n_species, outer_padded.shape[1]),
+            dtype=outer_padded.dtype,
+            device=outer_padded.device,
+        ).index_add_(0, species_slot, outer_padded)
         # (N, S, K', D) -> (D, N, S K')
         gathered = gathered.reshape(n_nodes, n_species * n_basis, d_edge).permute(2, 0, 1)
-        control = self.radial.linear_weights().reshape(n_basis, self.num_paths, self.channels)
+        control = control.reshape(n_basis, self.num_paths, self.channels)
         control = control.index_select(1, self.edge_degrees).transpose(0, 1)  # (D, K', C)
         weights = species_features.unsqueeze(1).unsqueeze(0) * control.unsqueeze(1)
         weights = weights.reshape(d_edge, n_species * n_basis, self.channels)
         return torch.bmm(gathered, weights)  # (D, N, C)
 
     def _atomic_basis_receiver_gemm(
-        self,
-        features: Tensor,
-        edge_sh: Tensor,
-        lengths: Tensor,
-        sender: Tensor,
-        padded_slot: Tensor,
-        max_neighbors: int,
+        self, features: Tensor, outer_padded: Tensor, sender_padded: Tensor, max_neighbors: int
     ) -> Tensor:
         """Atomic basis (D, N, C) for scalar features, as per-receiver GEMMs.
 
-        ``padded_slot`` (E,) puts edge e at row ``i * max_neighbors + k`` of a zero-padded
-        (N * max_neighbors) neighbour table of its receiver i.
+        Row ``i * max_neighbors + m`` of ``outer_padded`` (N M, K' D) and ``sender_padded``
+        (N M,) is the m-th neighbour of receiver i; padding rows have zero basis and sender N.
         """
         n_nodes = features.shape[1]
-        basis = self.radial.basis(lengths)  # (E, K')
-        n_basis = basis.shape[1]
-        d_edge = edge_sh.shape[1]
-        outer = (basis.unsqueeze(2) * edge_sh.unsqueeze(1)).reshape(-1, n_basis * d_edge)
-        source = self.up(features)[0].index_select(0, sender)  # (E, C)
-        rows = n_nodes * max_neighbors
-        outer_padded = torch.zeros(
-            (rows, n_basis * d_edge), dtype=outer.dtype, device=outer.device
-        ).index_copy(0, padded_slot, outer)
-        source_padded = torch.zeros(
-            (rows, self.channels), dtype=source.dtype, device=source.device
-        ).index_copy(0, padded_slot, source)
+        control = self.radial.linear_weights()  # (K', P C)
+        n_basis = control.shape[0]
+        d_edge = outer_padded.shape[1] // n_basis
+        up = self.up(features)[0]  # (N, C)
+        # row N of the extended table is zero: padding rows gather it (and index_select saves
+        # only the index for backward, unlike index_copy, which keeps its source alive)
+        extended = torch.cat([up, torch.zeros_like(up[:1])], dim=0)
+        source_padded = extended.index_select(0, sender_padded)  # (N M, C)
         moments = torch.bmm(
             outer_padded.reshape(n_nodes, max_neighbors, n_basis * d_edge).transpose(1, 2),
             source_padded.reshape(n_nodes, max_neighbors, self.channels),
         ).reshape(n_nodes, n_basis, d_edge, self.channels)
-        control = self.radial.linear_weights().reshape(n_basis, self.num_paths, self.channels)
+        control = control.reshape(n_basis, self.num_paths, self.channels)
         control = control.index_select(1, self.edge_degrees)  # (K', D, C)
         return (moments * control.unsqueeze(0)).sum(1).transpose(0, 1)  # (D, N, C)
 
@@ -307,20 +294,21 @@ class _Interaction(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         inv_avg_neighbors: Tensor,
-        padded_slot: Tensor,
+        tables: dict[str, Tensor],
         max_neighbors: int,
     ) -> tuple[Tensor, Tensor]:
         """features (D_in, N, C) -> (D_out, N, C) and per-atom energy contribution (N,).
 
         For a species-factorised first layer, ``features`` is the embedding table (1, S, C).
+        ``tables`` holds the padded neighbour tables of :meth:`GMEP._neighbor_tables`.
         """
         if self.species_factorised:
             atomic_basis = self._atomic_basis_species(
-                features, species, edge_sh, lengths, sender, receiver
+                features, species.shape[0], tables["outer"], tables["species_slot"]
             )
         elif self.receiver_gemm:
             atomic_basis = self._atomic_basis_receiver_gemm(
-                features, edge_sh, lengths, sender, padded_slot, max_neighbors
+                features, tables["outer"], tables["sender"], max_neighbors
             )
         else:
             atomic_basis = self._atomic_basis_edges(features, edge_sh, lengths, sender, receiver)
@@ -401,7 +389,10 @@ class GMEP(nn.Module):
             lmax_in = lmax_out
         self.layers = nn.ModuleList(layers)
         self.first_layer_factorised: bool = layers[0].species_factorised
-        self.any_receiver_gemm: bool = any(layer.receiver_gemm for layer in layers)
+        # layers on padded per-receiver neighbour tables (spline radial): all share one table
+        self.uses_tables: bool = any(
+            layer.species_factorised or layer.receiver_gemm for layer in layers
+        )
         self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
         self.to(dtype)
         self.register_buffer(
@@ -464,21 +455,57 @@ class GMEP(nn.Module):
             )
         return species
 
-    def _padded_slots(self, receiver: Tensor, n_nodes: int) -> tuple[Tensor, int]:
-        """Row of each edge in a zero-padded (N * M) per-receiver table, and M."""
-        if not self.any_receiver_gemm or receiver.numel() == 0:
-            return receiver, 1
-        counts = torch.bincount(receiver, minlength=n_nodes)
-        max_neighbors = int(counts.max())
-        order = torch.argsort(receiver, stable=True)
-        first = torch.cumsum(counts, 0) - counts
-        sorted_receiver = receiver.index_select(0, order)
-        rank = torch.arange(receiver.numel(), device=receiver.device) - first.index_select(
-            0, sorted_receiver
+    def _neighbor_tables(
+        self,
+        edge_sh: Tensor,
+        lengths: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        species: Tensor,
+    ) -> tuple[dict[str, Tensor], int]:
+        """Zero-padded per-receiver neighbour tables (N M rows, M = most neighbours), and M.
+
+        Row ``i * M + m`` is the m-th neighbour of atom i. Returns ``outer`` (N M, K' D): spline
+        basis times edge harmonics (zero on padding rows); ``sender`` (N M,): sender atom, N on
+        padding rows; ``species_slot`` (N M,): ``i * S + species(sender)``. The spline basis is
+        the same in every layer (same cutoff and size), so one table serves all of them.
+        """
+        tables: dict[str, Tensor] = {}
+        if not self.uses_tables:
+            return tables, 1
+        n_nodes = species.shape[0]
+        device = receiver.device
+        if receiver.numel() == 0:
+            slot, max_neighbors = receiver, 1
+        else:
+            counts = torch.bincount(receiver, minlength=n_nodes)
+            max_neighbors = int(counts.max())
+            order = torch.argsort(receiver, stable=True)
+            first = torch.cumsum(counts, 0) - counts
+            sorted_receiver = receiver.index_select(0, order)
+            rank = torch.arange(receiver.numel(), device=device) - first.index_select(
+                0, sorted_receiver
+            )
+            slot = torch.empty_like(receiver)
+            slot.index_copy_(0, order, sorted_receiver * max_neighbors + rank)
+        rows = n_nodes * max_neighbors
+        basis = self.layers[0].radial.basis(lengths)  # (E, K')
+        basis_padded = torch.zeros(
+            (rows, basis.shape[1]), dtype=basis.dtype, device=device
+        ).index_copy(0, slot, basis)
+        sh_padded = torch.zeros(
+            (rows, edge_sh.shape[1]), dtype=edge_sh.dtype, device=device
+        ).index_copy(0, slot, edge_sh)
+        tables["outer"] = (basis_padded.unsqueeze(2) * sh_padded.unsqueeze(1)).reshape(rows, -1)
+        sender_padded = torch.full((rows,), n_nodes, dtype=sender.dtype, device=device)
+        sender_padded = sender_padded.index_copy(0, slot, sender)
+        tables["sender"] = sender_padded
+        extended_species = torch.cat([species, torch.zeros_like(species[:1])])
+        row_receiver = torch.arange(rows, device=device) // max_neighbors
+        tables["species_slot"] = row_receiver * len(self.species) + extended_species.index_select(
+            0, sender_padded
         )
-        slot = torch.empty_like(receiver)
-        slot.index_copy_(0, order, sorted_receiver * max_neighbors + rank)
-        return slot, max_neighbors
+        return tables, max_neighbors
 
     def forward(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Energies of a batch.
@@ -510,7 +537,7 @@ class GMEP(nn.Module):
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
         inv_avg = 1.0 / self.avg_num_neighbors
-        padded_slot, max_neighbors = self._padded_slots(receiver, positions.shape[0])
+        tables, max_neighbors = self._neighbor_tables(edge_sh, lengths, sender, receiver, species)
 
         if self.first_layer_factorised:
             features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
@@ -526,7 +553,7 @@ class GMEP(nn.Module):
                 sender,
                 receiver,
                 inv_avg,
-                padded_slot,
+                tables,
                 max_neighbors,
             )
             atomic = atomic + contribution
