@@ -1,15 +1,18 @@
 """Calculator overhead: neighbour list + conversion against the model's own time.
 
-For rattled fcc Cu with 64 to 10k atoms, an exported ``small`` GMEP model (float32, cutoff 5 Å):
+Rattled fcc Cu (``benchmarks/structures.py``, 256 to 11k atoms), exported GMEP models (float32,
+cutoff 6 Å), energy + forces + stress:
 
-* ``model``: the scripted model alone on a prebuilt graph (energy, forces, stress);
+* ``model``: the scripted model alone on a prebuilt graph;
 * ``step (reuse)``: ``MLIPCalculator`` on atoms moved by 0.002 Å, as in MD, so the Verlet-skin
   neighbour list is reused (0.5 Å skin);
 * ``step (rebuild)``: the same with the skin disabled, so every call builds the list.
 
-Overhead is ``(step - model) / step``. Usage::
+The three are timed interleaved (model, reuse, rebuild, model, ...) so that a slow spell of the
+shared machine hits all of them alike; the table gives medians. Overhead is
+``(step - model) / step``.
 
-    python benchmarks/calculator.py [--sizes 64 256 1024 4096 10976] [--out PATH]
+    python benchmarks/calculator.py [--sizes 256 1372 4000 10976] [--presets small medium]
 """
 
 from __future__ import annotations
@@ -17,82 +20,96 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from ase.build import bulk
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calculators import MLIPCalculator
-from mlip import AtomicGraph
-from mlip.export import load, save
-from mlip.models import build_model
+import numpy as np  # noqa: E402
+import structures  # noqa: E402
+import torch  # noqa: E402
 
-CUTOFF = 5.0
-REPEATS = {64: (2, 2, 4), 256: (4, 4, 4), 1024: (8, 8, 4), 4096: (8, 8, 16), 10976: (14, 14, 14)}
+from calculators import MLIPCalculator  # noqa: E402
+from mlip import AtomicGraph  # noqa: E402
+from mlip.export import save  # noqa: E402
+from mlip.models import build_model  # noqa: E402
 
-
-def median_time(function, repeats: int) -> float:
-    """Median seconds over ``repeats`` calls after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+CUTOFF = 6.0
 
 
-def measure(model_path: Path, n_atoms: int, repeats: int) -> dict:
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(REPEATS[n_atoms])
-    atoms.rattle(0.05, seed=0)
-    module, _ = load(model_path)
-    module.compute_stress = True
-    data = AtomicGraph.from_atoms(atoms, CUTOFF).as_dict()
-    t_model = median_time(lambda: module(data), repeats)
-
+def measure(preset: str, n_atoms: int, repeats: int, folder: Path) -> dict:
+    atoms = structures.copper(n_atoms)
+    graph = AtomicGraph.from_atoms(atoms, CUTOFF)
+    torch.manual_seed(0)
+    model = build_model(species=[29], cutoff=CUTOFF, preset=preset, dtype=torch.float32)
+    model.set_statistics(avg_num_neighbors=graph.num_edges / n_atoms)
+    path = save(model.eval(), folder / f"{preset}_{n_atoms}.pt")
     rng = np.random.default_rng(0)
-    results = {"n_atoms": n_atoms, "model_ms": 1e3 * t_model}
-    for label, skin in (("reuse", 0.5), ("rebuild", 0.0)):
-        moving = atoms.copy()
-        moving.calc = MLIPCalculator(model_path, skin=skin)
+    calculators = {"reuse": MLIPCalculator(path, skin=0.5), "rebuild": MLIPCalculator(path, skin=0)}
+    module = calculators["reuse"].model
+    data = graph.as_dict()
+    moving = {label: atoms.copy() for label in calculators}
+    for label, calculator in calculators.items():
+        moving[label].calc = calculator
 
-        def step(moving=moving) -> None:
-            moving.positions += rng.normal(scale=0.002, size=moving.positions.shape)
-            moving.get_forces()
-            moving.get_stress()
+    def model_call() -> None:
+        module.compute_stress = True
+        module(data)
 
-        t_step = median_time(step, repeats)
-        results[f"step_{label}_ms"] = 1e3 * t_step
-        results[f"overhead_{label}_pct"] = 100.0 * (t_step - t_model) / t_step
-    return results
+    def step(label: str) -> None:
+        moving[label].positions += rng.normal(scale=0.002, size=(n_atoms, 3))
+        moving[label].get_forces()
+        moving[label].get_stress()
+
+    calls = {
+        "model": model_call,
+        "reuse": lambda: step("reuse"),
+        "rebuild": lambda: step("rebuild"),
+    }
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    for round_index in range(repeats + 2):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_index >= 2:  # two warm-up rounds (TorchScript profiles the first calls)
+                times[label].append(time.perf_counter() - start)
+    t_model = statistics.median(times["model"])
+    row = {"preset": preset, "n_atoms": n_atoms, "model_ms": 1e3 * t_model}
+    for label in ("reuse", "rebuild"):
+        t_step = statistics.median(times[label])
+        row[f"step_{label}_ms"] = 1e3 * t_step
+        row[f"overhead_{label}_pct"] = 100.0 * (t_step - t_model) / t_step
+    row["rebuilds"] = calculators["reuse"]._neighbors.rebuilds
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=sorted(REPEATS), choices=REPEATS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1372, 4000, 10976])
+    parser.add_argument("--presets", nargs="+", default=["small", "medium"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/calculator.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(species=[29], cutoff=CUTOFF, preset="small", dtype=torch.float32)
-    model.set_statistics(avg_num_neighbors=42.0)
+    rows = []
+    print(f"GMEP float32, cutoff {CUTOFF} Å, {args.threads} threads, energy+forces+stress")
+    header = ("preset", "atoms", "model ms", "step ms", "overhead", "rebuild ms", "overhead")
+    print("{:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>9}".format(*header))
     with tempfile.TemporaryDirectory() as folder:
-        path = save(model.eval(), Path(folder) / "model.pt")
-        rows = [measure(path, n, 10 if n <= 1024 else 3) for n in args.sizes]
-
-    print(f"GMEP small, float32, cutoff {CUTOFF} Å, {args.threads} threads, energy+forces+stress")
-    header = ("atoms", "model ms", "step ms", "overhead", "rebuild ms", "overhead")
-    print("{:>7} {:>9} {:>9} {:>9} {:>11} {:>9}".format(*header))
-    for row in rows:
-        print(
-            f"{row['n_atoms']:>7} {row['model_ms']:>9.2f} {row['step_reuse_ms']:>9.2f} "
-            f"{row['overhead_reuse_pct']:>8.1f}% {row['step_rebuild_ms']:>11.2f} "
-            f"{row['overhead_rebuild_pct']:>8.1f}%"
-        )
+        for preset in args.presets:
+            for n in args.sizes:
+                repeats = 15 if n <= 1500 else 5 if n <= 5000 else 3
+                row = measure(preset, n, repeats, Path(folder))
+                rows.append(row)
+                print(
+                    f"{preset:>7} {n:>7} {row['model_ms']:>9.1f} {row['step_reuse_ms']:>9.1f} "
+                    f"{row['overhead_reuse_pct']:>8.1f}% {row['step_rebuild_ms']:>11.1f} "
+                    f"{row['overhead_rebuild_pct']:>8.1f}%",
+                    flush=True,
+                )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "calculator",

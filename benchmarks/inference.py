@@ -1,8 +1,9 @@
 """Inference benchmark: energy + forces per call and per atom, GMEP presets (and MACE).
 
-Rattled fcc Cu (a = 3.61 Å, 0.05 Å rattle) with 64, 256, 1024, 4096 atoms, cutoff 6 Å
-(78 neighbours per atom), float32, forces through :class:`mlip.derivatives.ForceStress` (one
-backward pass). The neighbour list is built once, outside the timed region. CPU runs use
+Rattled fcc Cu (``benchmarks/structures.py``: a = 3.61 Å, 0.05 Å rattle) with 108, 256, 1372
+and 4000 atoms, cutoff 6 Å (78 neighbours per atom), float32, forces through
+:class:`mlip.derivatives.ForceStress` (one backward pass), parameters frozen as in the
+calculator. The neighbour list is built once, outside the timed region. CPU runs use
 ``torch.set_num_threads(--threads)`` (default 2); ``--device cuda`` times on a GPU with
 synchronisation. Parameter counts and matmul FLOPs per atom (``FlopCounterMode``, forward and
 forward+backward) are recorded for each preset.
@@ -10,7 +11,7 @@ forward+backward) are recorded for each preset.
 Usage::
 
     python benchmarks/inference.py                       # all presets, grid + grid_mlp
-    python benchmarks/inference.py --presets small --sizes 64 256 --out /tmp/bench.json
+    python benchmarks/inference.py --presets small --sizes 108 256 --out /tmp/bench.json
     python benchmarks/inference.py --mace-python /tmp/mace-venv/bin/python
 
 MACE comparison (own venv, so its e3nn 0.4 does not clash with ours)::
@@ -18,11 +19,9 @@ MACE comparison (own venv, so its e3nn 0.4 does not clash with ours)::
     python3 -m venv /tmp/mace-venv
     /tmp/mace-venv/bin/pip install torch==2.13.0 mace-torch
 
-With ``--mace-python`` a subprocess in that venv builds an untrained ``ScaleShiftMACE`` with
-hidden_irreps=128x0e, max_ell=3, correlation=3, num_interactions=2, r_max=6, num_bessel=8,
-radial MLP [64, 64, 64] (MACE-MP "small"-like), float32, and times
-``model(batch, compute_force=True)`` on the same structures (neighbour list and graph built
-once, outside the timed region).
+With ``--mace-python`` each size runs ``benchmarks/mace_worker.py`` in that venv (one process per
+size; the model is ``benchmarks/mace_model.py``'s, MACE-MP "small"-like) on the same structure.
+Both codes use the same allocator setting (:func:`mlip.allocator.keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -39,20 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.build import bulk
 
-SIZES = (64, 256, 1024, 4096)
-# fcc conventional cell has 4 atoms; repeat giving the requested count.
-REPEATS = {64: (4, 2, 2), 256: (4, 4, 4), 1024: (8, 8, 4), 4096: (8, 8, 16)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import structures  # noqa: E402
+
+from mlip.allocator import keep_freed_memory  # noqa: E402
+
+SIZES = (108, 256, 1372, 4000)
 CUTOFF = 6.0
-
-
-def make_atoms(n_atoms: int, seed: int = 0):
-    """Rattled fcc Cu supercell with ``n_atoms`` atoms."""
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(REPEATS[n_atoms])
-    assert len(atoms) == n_atoms, (len(atoms), n_atoms)
-    atoms.rattle(0.05, seed=seed)
-    return atoms
 
 
 def _time(
@@ -99,7 +93,7 @@ def bench_gmep(args: argparse.Namespace) -> list[dict]:
     rows = []
     graphs = {}
     for n in args.sizes:
-        graphs[n] = AtomicGraph.from_atoms(make_atoms(n), CUTOFF).to(args.device)
+        graphs[n] = AtomicGraph.from_atoms(structures.copper(n), CUTOFF).to(args.device)
     for preset in args.presets:
         for mixer in args.mixers:
             torch.manual_seed(0)
@@ -110,6 +104,7 @@ def bench_gmep(args: argparse.Namespace) -> list[dict]:
             flop_graph = graphs.get(256) or graphs[args.sizes[0]]
             fwd, ef = count_flops(model, flop_graph.as_dict())
             n_flop = flop_graph.positions.shape[0]
+            model.requires_grad_(False)  # inference, as in the calculator
             wrapper = ForceStress(model, True, False).eval()
             cfg = model.config
             for n, graph in graphs.items():
@@ -144,81 +139,37 @@ def bench_gmep(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-MACE_SCRIPT = r"""
-import json, sys, time
-import numpy as np, torch
-from ase.build import bulk
-from e3nn import o3
-from mace import data, modules, tools
-from mace.tools import torch_geometric
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-torch.set_default_dtype(torch.float32)  # separate process: only affects MACE's venv
-device = args["device"]
-model = modules.ScaleShiftMACE(
-    r_max=6.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
-    interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-    interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-    num_interactions=2, num_elements=1, hidden_irreps=o3.Irreps("128x0e"),
-    MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(1), avg_num_neighbors=78.0,
-    atomic_numbers=[29], correlation=3, gate=torch.nn.functional.silu,
-    radial_MLP=[64, 64, 64], atomic_inter_scale=1.0, atomic_inter_shift=0.0,
-).to(device).eval()
-params = sum(p.numel() for p in model.parameters())
-z_table = tools.AtomicNumberTable([29])
-reps = {int(k): tuple(v) for k, v in args["repeats"].items()}
-for n in args["sizes"]:
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(reps[n])
-    atoms.rattle(0.05, seed=0)
-    config = data.config_from_atoms(atoms)
-    atomic = data.AtomicData.from_config(config, z_table=z_table, cutoff=6.0)
-    loader = torch_geometric.dataloader.DataLoader([atomic], batch_size=1, shuffle=False)
-    batch = next(iter(loader)).to(device).to_dict()
-    def call():
-        out = model(batch, training=False, compute_force=True)
-        return out["forces"]
-    call()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 20 and (len(times) < args["min_repeats"]
-                               or time.perf_counter() - start < args["min_time"]):
-        t0 = time.perf_counter(); call()
-        if device == "cuda": torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    t = float(np.median(times))
-    print(json.dumps({"model": "mace", "preset": "128x0e-L3-nu3", "mixer": "-", "n_atoms": n,
-                      "n_edges": int(batch["edge_index"].shape[1]), "parameters": params,
-                      "seconds_per_call": t, "us_per_atom": t / n * 1e6,
-                      "repeats": len(times)}), flush=True)
-"""
-
-
 def bench_mace(args: argparse.Namespace) -> list[dict]:
-    payload = {
-        "threads": args.threads,
-        "device": args.device,
-        "sizes": [n for n in args.sizes if n <= args.mace_max_atoms],
-        "repeats": {str(k): v for k, v in REPEATS.items()},
-        "min_time": args.min_time,
-        "min_repeats": args.min_repeats,
-    }
-    # e3nn 0.4 (MACE's pin) loads its constants with torch.load, which torch >= 2.6 refuses
-    # with weights_only=True; the file ships with e3nn, so allow the legacy loader there only.
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    proc = subprocess.run(
-        [args.mace_python, "-c", MACE_SCRIPT, json.dumps(payload)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    """MACE on the same structures, one ``mace_worker.py`` process per size."""
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # e3nn 0.4 constants
+    worker = Path(__file__).with_name("mace_worker.py")
     rows = []
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            rows.append(row)
-            print(_format(row), flush=True)
-    if proc.returncode != 0:
-        print(f"MACE run failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+    for n in [n for n in args.sizes if n <= args.mace_max_atoms]:
+        payload = {"system": "copper", "n_atoms": n, "threads": args.threads, "repeats": 3}
+        proc = subprocess.run(
+            [args.mace_python, str(worker), json.dumps(payload)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines or "seconds" not in json.loads(lines[-1]):
+            print(f"MACE at {n} atoms failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        result = json.loads(lines[-1])
+        row = {
+            "model": "mace",
+            "preset": "128x0e-L3-nu3",
+            "mixer": "-",
+            "n_atoms": n,
+            "n_edges": result["n_edges"],
+            "parameters": result["parameters"],
+            "seconds_per_call": result["seconds"],
+            "us_per_atom": result["seconds"] / n * 1e6,
+            "repeats": 3,
+        }
+        rows.append(row)
+        print(_format(row), flush=True)
     return rows
 
 
@@ -233,7 +184,7 @@ def _format(row: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="4 k^3 atoms")
     parser.add_argument("--presets", nargs="+", default=["small", "medium", "large"])
     parser.add_argument("--mixers", nargs="+", default=["grid", "grid_mlp"])
     parser.add_argument("--device", default="cpu")
@@ -242,10 +193,11 @@ def main() -> None:
     parser.add_argument("--min-repeats", type=int, default=3)
     parser.add_argument("--max-gb", type=float, default=8.0, help="skip larger message tensors")
     parser.add_argument("--mace-python", default=None, help="python of a venv with mace-torch")
-    parser.add_argument("--mace-max-atoms", type=int, default=1024)
+    parser.add_argument("--mace-max-atoms", type=int, default=4000)
     parser.add_argument("--out", default="benchmarks/results/inference.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     print(f"torch {torch.__version__}, {args.device}, {args.threads} threads")
     print(
         f"{'model':5s} {'preset':13s} {'mixer':8s} {'atoms':>5s} {'params':>9s} "

@@ -129,6 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 x, y = zip(*points)
                 axis.plot(x, y, "o-" if label.startswith("GMEP") else "s--", label=label)
         axis.set(xscale="log", yscale="log", xlabel="atoms", ylabel="µs per atom (E + F)")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(f"{system}, cutoff {CUTOFF} Å, CPU")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
@@ -153,13 +154,26 @@ def main() -> None:
     parser.add_argument("--mace-dtypes", nargs="+", default=["float32"])
     parser.add_argument("--mace-max-atoms", type=int, default=32000)
     parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned")
+    parser.add_argument(
+        "--preload",
+        default=None,
+        help="malloc library to LD_PRELOAD into every worker, e.g. libtcmalloc_minimal.so.4 "
+        "(implies --allocator default)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--limit-gb", type=float, default=22.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling.json"))
+    parser.add_argument("--replot", type=Path, default=None, help="redraw the PNG of a JSON")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text())["rows"], args.replot.with_suffix(".png"))
+        return
 
+    if args.preload:
+        args.allocator = "default"
+        os.environ["LD_PRELOAD"] = args.preload  # inherited by every worker, ours and MACE's
     common = {
         "threads": args.threads,
         "repeats": args.repeats,
@@ -193,7 +207,8 @@ def main() -> None:
                 )
 
     rows = []
-    print(f"{args.threads} threads, allocator {args.allocator}, limit {args.limit_gb} GB")
+    allocator = args.preload or f"glibc ({args.allocator})"
+    print(f"{args.threads} threads, allocator {allocator}, limit {args.limit_gb} GB")
     for system, sizes, label, command, extra, env in jobs:
         for n in sizes:
             payload = {**common, **extra, "system": system, "n_atoms": n}
@@ -212,6 +227,7 @@ def main() -> None:
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cutoff": CUTOFF,
+        "preload": args.preload,
         **common,
     }
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

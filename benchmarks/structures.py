@@ -13,9 +13,9 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, molecule
 
-# supercell repeats k (copper) or m (water) giving about 1k, 4k, 16k, 32k and 100k atoms
-COPPER_REPEATS = {256: 4, 1372: 7, 4000: 10, 16384: 16, 32000: 20, 97556: 29}
-WATER_REPEATS = {1536: 8, 3993: 11, 17496: 18, 31944: 22, 98304: 32}
+# supercell repeats k (copper) or m (water) giving about 1k, 4k, 16k, 20k, 32k and 100k atoms
+COPPER_REPEATS = {256: 4, 1372: 7, 4000: 10, 16384: 16, 19652: 17, 32000: 20, 97556: 29}
+WATER_REPEATS = {1536: 8, 3993: 11, 17496: 18, 20577: 19, 31944: 22, 98304: 32}
 WATER_SPACING = 3.104  # Å: (18.015 g/mol / N_A / 1 g/cm³)^(1/3)
 
 

@@ -39,8 +39,8 @@ class _SkinNeighborList:
         self.skin = skin
         self.rebuilds = 0
         self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._pairs: np.ndarray | None = None
-        self._shifts: np.ndarray | None = None
+        self._pairs = torch.zeros((2, 0), dtype=torch.int64)
+        self._shifts = torch.zeros((0, 3), dtype=torch.int64)
 
     def _valid(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers) -> bool:
         if self._reference is None or self.skin <= 0:
@@ -58,16 +58,23 @@ class _SkinNeighborList:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edges within the cutoff: ``edge_index`` (2, E) and ``cell_shifts`` (E, 3), int64."""
         if not self._valid(positions, cell, pbc, numbers):
-            edge_index, shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
-            self._pairs, self._shifts = edge_index.numpy(), shifts.numpy()
+            self._pairs, self._shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
             self._reference = (positions.copy(), cell.copy(), pbc.copy(), numbers.copy())
             self.rebuilds += 1
         pairs, shifts = self._pairs, self._shifts
         if self.skin <= 0:
-            return torch.from_numpy(pairs), torch.from_numpy(shifts)
-        vectors = positions[pairs[1]] - positions[pairs[0]] + shifts @ cell
-        keep = np.einsum("ij,ij->i", vectors, vectors) <= self.cutoff**2
-        return torch.from_numpy(pairs[:, keep]), torch.from_numpy(shifts[keep])
+            return pairs, shifts
+        # In torch, not numpy: a large numpy matmul wakes OpenBLAS's own threads, which then
+        # spin and take the cores from torch's threads during the model call (+40 % step time
+        # at 1k atoms on 2 cores).
+        points = torch.from_numpy(positions)
+        vectors = (
+            points.index_select(0, pairs[1])
+            - points.index_select(0, pairs[0])
+            + shifts.to(torch.float64) @ torch.from_numpy(cell)
+        )
+        keep = (vectors * vectors).sum(dim=1) <= self.cutoff**2
+        return pairs[:, keep], shifts[keep]
 
 
 class MLIPCalculator(Calculator):
