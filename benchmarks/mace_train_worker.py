@@ -42,12 +42,12 @@ def main() -> None:
     )
     z_table = tools.AtomicNumberTable(species)
     items = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.info["REF_energy"] = atoms.calc.get_potential_energy()
-        atoms.arrays["REF_forces"] = atoms.calc.get_forces()
+    for original in frames:
+        atoms = original.copy()  # the copy has no calculator: labels come from the original
+        atoms.info["REF_energy"] = original.get_potential_energy()
+        atoms.arrays["REF_forces"] = original.get_forces()
         if use_stress:
-            atoms.info["REF_stress"] = atoms.calc.get_stress(voigt=False)
+            atoms.info["REF_stress"] = original.get_stress(voigt=False)
         config = data.config_from_atoms(atoms, key_specification=keys)
         items.append(data.AtomicData.from_config(config, z_table=z_table, cutoff=cutoff))
     loader = torch_geometric.dataloader.DataLoader(
