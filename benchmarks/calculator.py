@@ -20,8 +20,6 @@ step spent outside the model call (neighbour list, skin filtering, graph buildin
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import structures  # noqa: E402
 import torch  # noqa: E402
+from measure import write_record  # noqa: E402
 
 from calculators import MLIPCalculator  # noqa: E402
 from mlip import AtomicGraph  # noqa: E402
@@ -142,16 +141,8 @@ def main() -> None:
                     f"{row['python_rebuild_pct']:>8.1f}%",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "benchmark": "calculator",
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "machine": platform.platform(),
-        "rows": rows,
-    }
-    args.out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}")
+    meta = {"benchmark": "calculator", "torch": torch.__version__, "threads": args.threads}
+    write_record(args.out, meta, rows)
 
 
 if __name__ == "__main__":

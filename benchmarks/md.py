@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -113,16 +112,13 @@ def main() -> None:
                     f"ΔE {row['energy_change_ev_per_atom']:+.1e} eV/atom",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "benchmark": "md",
         "torch": torch.__version__,
-        "machine": platform.platform(),
         "threads": args.threads,
         "timestep_fs": md_run.TIMESTEP_FS,
     }
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    measure.write_record(args.out, meta, rows)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +50,11 @@ def keep_freed_memory() -> bool:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.keep_freed_memory()
+
+
+def write_record(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write ``{"meta": meta + machine and Python, "rows": rows}`` as JSON to ``path``."""
+    meta = {"machine": platform.platform(), "python": platform.python_version(), **meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {path}")

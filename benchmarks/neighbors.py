@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,9 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from mlip.neighbors import neighbor_list
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import median_seconds  # noqa: E402
 
 CUTOFF = 5.0
 
@@ -38,27 +41,18 @@ def cu_supercell(n_target: int):
     return atoms
 
 
-def best_time(function, repeats: int) -> float:
-    """Median wall time in seconds over ``repeats`` calls after one warm-up."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def measure(atoms, ase_max: int) -> dict:
     """Time ours, raw vesin and ASE on one structure."""
     positions, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
     repeats = 20 if len(atoms) <= 10000 else 5
     raw = vesin.NeighborList(cutoff=CUTOFF, full_list=True)
-    t_vesin = best_time(lambda: raw.compute(positions, cell, True, "ijS"), repeats)
-    t_ours = best_time(lambda: neighbor_list(positions, cell, pbc, CUTOFF), repeats)
+    t_vesin = median_seconds(lambda: raw.compute(positions, cell, True, "ijS"), repeats)
+    t_ours = median_seconds(lambda: neighbor_list(positions, cell, pbc, CUTOFF), repeats)
     t_ase = None
     if len(atoms) <= ase_max:
-        t_ase = best_time(lambda: ase_neighbor_list("ijS", atoms, CUTOFF), max(1, repeats // 5))
+        t_ase = median_seconds(
+            lambda: ase_neighbor_list("ijS", atoms, CUTOFF), max(1, repeats // 5)
+        )
     n_edges = int(neighbor_list(positions, cell, pbc, CUTOFF)[0].shape[1])
     return {
         "n_atoms": len(atoms),

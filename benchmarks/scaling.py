@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -218,22 +217,20 @@ def main() -> None:
             if "failed" in row or row.get("oom"):
                 break  # larger systems of this run will not fit either
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     import torch
 
     meta = {
         "benchmark": "scaling",
         "torch": torch.__version__,
-        "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cutoff": CUTOFF,
         "preload": args.preload,
         **common,
     }
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    measure.write_record(args.out, meta, rows)
     png = args.out.with_suffix(".png")
     plot(rows, png)
-    print(f"wrote {args.out} and {png}")
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import measure  # noqa: E402
 import torch  # noqa: E402
 import training_frames  # noqa: E402
 
@@ -123,17 +123,14 @@ def main() -> None:
                 f"{row['structures_per_second']:7.1f} structures/s",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "benchmark": "train_throughput",
         "torch": torch.__version__,
-        "machine": platform.platform(),
         "threads": args.threads,
         "batch_size": args.batch_size,
         "steps": args.steps,
     }
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    measure.write_record(args.out, meta, rows)
 
 
 if __name__ == "__main__":
