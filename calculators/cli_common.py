@@ -95,7 +95,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         default=None,
         help="exported model file (mlip-export); default: the built-in demo model "
-        "data/demo/model.pt (EMT Cu-Au, for demonstrations only)",
+        "calculators/data/model.pt (EMT Cu-Au, for demonstrations only)",
     )
     parser.add_argument(
         "--device",
