@@ -1,0 +1,86 @@
+"""The one top-level error handler of the command lines (mlip-relax, mlip-md, mlip-eval).
+
+A command's body raises :class:`CLIError` for anything a user can get wrong; :func:`run_cli`
+prints it as one line ``PROG: error: MESSAGE`` on stderr (no traceback) and returns its exit
+status. File-system errors (a missing directory, no permission, a full disk) and ``ValueError``
+from the library (a bad model file, overlapping atoms) get the same one-line treatment, so
+bodies do not need a ``try``/``except`` around every call. ``MLIP_TRACEBACK=1`` re-raises them
+with the traceback, for debugging.
+
+It lives in ``mlip`` because both ``calculators`` and ``training`` use it and neither may import
+the other.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "CLIError", "one_line", "run_cli"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+class CLIError(Exception):
+    """A user-facing error, reported as one line without a traceback.
+
+    Args:
+        message: What went wrong and, where possible, what to do about it.
+        exit_code: Exit status of the command (default :data:`EXIT_ERROR`).
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def one_line(message: object) -> str:
+    """Collapse all whitespace (newlines included) of ``message`` into single spaces."""
+    return " ".join(str(message).split())
+
+
+def _describe_os_error(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    if exc.filename is None:
+        return f"{reason}: {exc}" if str(exc) != reason else reason
+    return f"{exc.filename}: {reason}"
+
+
+def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
+    """Run a command-line body and map errors to one stderr line and an exit status.
+
+    Args:
+        prog: Program name used as the prefix of error lines, e.g. ``"mlip-relax"``.
+        body: Function that parses ``argv`` and does the work; returns the exit status.
+        argv: Arguments without the program name; ``None`` means ``sys.argv[1:]``.
+
+    Returns:
+        The body's exit status; a :class:`CLIError`'s ``exit_code``; :data:`EXIT_ERROR` for an
+        ``OSError`` or ``ValueError``; :data:`EXIT_INTERRUPTED` on Ctrl-C; argparse's own code
+        for ``--help``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("MLIP_TRACEBACK", "") not in ("", "0")
+    try:
+        return body(args)
+    except CLIError as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(_describe_os_error(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
