@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,17 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mlip.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CLIError, one_line, run_cli
+from mlip.cli import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ArgumentParser,
+    CLIError,
+    check_not_inputs,
+    check_outputs,
+    one_line,
+    run_cli,
+)
 
 __all__ = [
     "EXIT_ERROR",
@@ -48,13 +57,6 @@ __all__ = [
 ]
 
 _STRUCTURE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".cif": "cif"}
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse`` parser that raises :class:`CLIError` instead of exiting with usage text."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(message)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,51 +224,6 @@ def structure_format(path: str | Path, allowed: Sequence[str] = (".extxyz", ".xy
             f"cannot tell the format of output {str(path)!r}: use one of {', '.join(allowed)}"
         )
     return _STRUCTURE_FORMATS[suffix]
-
-
-def check_outputs(paths: Sequence[str | Path], overwrite: bool) -> None:
-    """Refuse to run unless every output can be written; create missing parent directories.
-
-    Called before any work is done so that a long run never ends by failing to write. An
-    output that already exists is refused unless ``overwrite``.
-
-    Raises:
-        CLIError: For the first offending path: used twice, a directory, existing, or in a
-            directory that cannot be created or written.
-    """
-    seen: set[Path] = set()
-    for path in map(Path, paths):
-        resolved = path.resolve()
-        if resolved in seen:
-            raise CLIError(f"output {str(path)!r} is used twice")
-        seen.add(resolved)
-        if path.is_dir():
-            raise CLIError(f"output {str(path)!r} is a directory")
-        if path.exists() and not overwrite:
-            raise CLIError(f"output {str(path)!r} already exists (use --overwrite to replace it)")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise CLIError(
-                f"cannot create the directory of output {str(path)!r}: {reason}"
-            ) from None
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise CLIError(f"cannot write output {str(path)!r}: its directory is not writable")
-        if path.exists() and not os.access(path, os.W_OK):
-            raise CLIError(f"cannot write output {str(path)!r}: permission denied")
-
-
-def check_not_inputs(outputs: Sequence[str | Path], inputs: Sequence[str | Path]) -> None:
-    """Refuse an output path that is also an input (it would be destroyed before being read).
-
-    Raises:
-        CLIError: Naming the first such path.
-    """
-    input_paths = {Path(p).resolve() for p in inputs if Path(p).exists()}
-    for path in outputs:
-        if Path(path).resolve() in input_paths:
-            raise CLIError(f"output {str(path)!r} is also an input; choose another output name")
 
 
 def labelled_copy(atoms: Atoms) -> Atoms:

@@ -1,4 +1,4 @@
-"""The one top-level error handler of the command lines (mlip-relax, mlip-md, mlip-eval).
+"""Shared command-line pieces: the one top-level error handler, output checks, argparse.
 
 A command's body raises :class:`CLIError` for anything a user can get wrong; :func:`run_cli`
 prints it as one line ``PROG: error: MESSAGE`` on stderr (no traceback) and returns its exit
@@ -13,11 +13,23 @@ the other.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "CLIError", "one_line", "run_cli"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "ArgumentParser",
+    "CLIError",
+    "check_not_inputs",
+    "check_outputs",
+    "one_line",
+    "run_cli",
+]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -84,3 +96,55 @@ def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str]
         return EXIT_ERROR
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser that raises :class:`CLIError` instead of exiting with usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(message)
+
+
+def check_outputs(paths: Sequence[str | Path], overwrite: bool) -> None:
+    """Refuse to run unless every output can be written; create missing parent directories.
+
+    Called before any work is done so that a long run never ends by failing to write. An
+    output that already exists is refused unless ``overwrite``.
+
+    Raises:
+        CLIError: For the first offending path: used twice, a directory, existing, or in a
+            directory that cannot be created or written.
+    """
+    seen: set[Path] = set()
+    for path in map(Path, paths):
+        resolved = path.resolve()
+        if resolved in seen:
+            raise CLIError(f"output {str(path)!r} is used twice")
+        seen.add(resolved)
+        if path.is_dir():
+            raise CLIError(f"output {str(path)!r} is a directory")
+        if path.exists() and not overwrite:
+            raise CLIError(f"output {str(path)!r} already exists (use --overwrite to replace it)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise CLIError(
+                f"cannot create the directory of output {str(path)!r}: {reason}"
+            ) from None
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise CLIError(f"cannot write output {str(path)!r}: its directory is not writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise CLIError(f"cannot write output {str(path)!r}: permission denied")
+
+
+def check_not_inputs(outputs: Sequence[str | Path], inputs: Sequence[str | Path]) -> None:
+    """Refuse an output path that is also an input (it would be destroyed before being read).
+
+    Raises:
+        CLIError: Naming the first such path.
+    """
+    input_paths = {Path(p).resolve() for p in inputs if Path(p).exists()}
+    for path in outputs:
+        if Path(path).resolve() in input_paths:
+            raise CLIError(f"output {str(path)!r} is also an input; choose another output name")
