@@ -28,6 +28,7 @@ from mlip.cli import (
     EXIT_OK,
     ArgumentParser,
     CLIError,
+    check_device,
     check_not_inputs,
     check_outputs,
     one_line,
@@ -263,16 +264,6 @@ def write_structures(path: str | Path, frames: Sequence[Atoms], fmt: str) -> Non
 # ---------------------------------------------------------------------------- model
 
 
-def _check_device(device: str) -> None:
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CLIError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError(f"device {device!r} requested but CUDA is not available")
-
-
 def make_calculator(model: str | None, device: str) -> Calculator:
     """Build the ASE calculator for ``--model``/``--device``.
 
@@ -299,7 +290,7 @@ def make_calculator(model: str | None, device: str) -> Calculator:
         path = Path(model)
         if not path.is_file():
             raise CLIError(f"model file not found: {model}")
-    _check_device(device)
+    check_device(device)
     try:
         from calculators import MLIPCalculator  # type: ignore[attr-defined]
     except ImportError as exc:

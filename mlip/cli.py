@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_OK",
     "ArgumentParser",
     "CLIError",
+    "check_device",
     "check_not_inputs",
     "check_outputs",
     "one_line",
@@ -148,3 +149,18 @@ def check_not_inputs(outputs: Sequence[str | Path], inputs: Sequence[str | Path]
     for path in outputs:
         if Path(path).resolve() in input_paths:
             raise CLIError(f"output {str(path)!r} is also an input; choose another output name")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device string other than cpu/cuda/cuda:N, or CUDA when it is not available.
+
+    Raises:
+        CLIError: Naming the device.
+    """
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CLIError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"device {device!r} requested but CUDA is not available")
