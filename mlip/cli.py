@@ -126,6 +126,11 @@ def check_outputs(paths: Sequence[str | Path], overwrite: bool) -> None:
             raise CLIError(f"output {str(path)!r} is a directory")
         if path.exists() and not overwrite:
             raise CLIError(f"output {str(path)!r} already exists (use --overwrite to replace it)")
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise CLIError(
+                f"cannot write output {str(path)!r}: {str(blocking)!r} is a file, not a directory"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

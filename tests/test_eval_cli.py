@@ -121,7 +121,11 @@ def test_predictions_file_and_errors_per_group(data, capsys):
         ("badmodel", ["test.extxyz", "--model", "bad.pt"], "cannot load model bad.pt"),
         (None, ["test.extxyz", "--device", "tpu"], "unknown device 'tpu'"),
         (None, ["test.extxyz", "-o", "p.cif"], "predictions are written as .extxyz"),
-        (None, ["test.extxyz", "--json", "no_dir_file/e.json"], "cannot create the directory"),
+        (
+            None,
+            ["test.extxyz", "--json", "no_dir_file/e.json"],
+            "'no_dir_file' is a file, not a directory",
+        ),
     ],
 )
 def test_bad_input_one_error_line(data, capsys, setup, argv, expected):

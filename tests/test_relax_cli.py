@@ -241,7 +241,10 @@ def test_bad_frames_are_skipped_and_reported(emt, inputs, capsys):
 def test_outputs_are_checked_before_computing(emt, inputs, capsys):
     Path("plain_file").write_text("")
     assert relax_cli.main(["cu.cif", "--summary", "plain_file/s.csv"]) == 1
-    assert "cannot create the directory of output 'plain_file/s.csv'" in _error_line(capsys)
+    assert (
+        "cannot write output 'plain_file/s.csv': 'plain_file' is a file, not a directory"
+        in _error_line(capsys)
+    )
     assert emt == [] and not Path("relaxed.extxyz").exists()  # no model was even built
     assert relax_cli.main(["au.extxyz", "-o", "au.extxyz", "--overwrite"]) == 1
     assert "'au.extxyz' is also an input" in _error_line(capsys)
