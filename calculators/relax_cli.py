@@ -290,7 +290,9 @@ class _ResultWriter:
     """Appends each finished structure to the output and its row to every summary, flushed.
 
     Files are created (emptied) by the constructor; CSV rows are appended, the JSON summary is
-    rewritten atomically after each row, so every file is valid whenever the run stops.
+    rewritten atomically after each of the first 100 rows, then whenever the row count has
+    grown by 10 % (linear total cost for long screens), and by :meth:`close`, so every file is
+    valid whenever the run stops.
     """
 
     def __init__(self, output: str, out_format: str, summaries: Sequence[str], settings: dict):
@@ -306,8 +308,12 @@ class _ResultWriter:
             handle.flush()
             self.csv_writers.append(writer)
         self.json_paths = [Path(p) for p in summaries if not _is_csv(p)]
+        self._write_all_json()
+
+    def _write_all_json(self) -> None:
         for path in self.json_paths:
             self._write_json(path)
+        self.json_rows = len(self.rows)
 
     def _write_json(self, path: Path) -> None:
         records = [asdict(row) for row in self.rows]
@@ -327,12 +333,17 @@ class _ResultWriter:
         for handle, writer in zip(self.csv_handles, self.csv_writers):
             writer.writerow(record)
             handle.flush()
-        for path in self.json_paths:
-            self._write_json(path)
+        if len(self.rows) <= 100 or len(self.rows) >= 1.1 * self.json_rows:
+            self._write_all_json()
 
     def close(self) -> None:
+        """Close the files and write the JSON summaries with every row (idempotent)."""
+        if self.structures.closed:
+            return
         for handle in [self.structures, *self.csv_handles]:
             handle.close()
+        if self.json_rows != len(self.rows):
+            self._write_all_json()
 
 
 def _is_csv(path: str | Path) -> bool:
@@ -422,7 +433,8 @@ def _run(argv: Sequence[str]) -> int:
             f"{kept}",
             exit_code=cli_common.EXIT_INTERRUPTED,
         ) from None
-    writer.close()
+    finally:
+        writer.close()  # also on any other error: the files hold every finished structure
     rows = writer.rows
 
     print(format_table(rows))

@@ -332,3 +332,11 @@ def test_ctrl_c_keeps_finished_structures(inputs):
     assert 2 <= len(relaxed) == len(rows) == len(structures) < 40
     assert f"interrupted after {len(rows)} of 40" in lines[0]
     assert [a.info["source_frame"] for a in relaxed] == list(range(len(rows)))
+
+
+def test_json_summary_is_complete_after_many_structures(emt, inputs):
+    write("many.extxyz", [read("cu.cif")] * 120)
+    argv = ["many.extxyz", "--no-cell", "--steps", "1", "--progress-every", "0"]
+    assert relax_cli.main([*argv, "--summary", "s.json"]) == relax_cli.EXIT_NOT_CONVERGED
+    structures = json.loads(Path("s.json").read_text())["structures"]
+    assert [s["frame"] for s in structures] == list(range(120))
