@@ -136,7 +136,8 @@ def _read_all_frames(name: str) -> list[Atoms]:
         except Exception:
             pass
         where = f"frame {good} (after {good} readable frames)" if good else "frame 0"
-        raise CLIError(f"cannot read {name}, {where}: {type(exc).__name__}: {exc}") from None
+        detail = str(exc).strip() or "ASE cannot parse it (wrong format or corrupt file)"
+        raise CLIError(f"cannot read {name}, {where}: {type(exc).__name__}: {detail}") from None
     return [frames] if isinstance(frames, Atoms) else list(frames)
 
 
