@@ -245,3 +245,23 @@ def test_output_equal_to_input_and_bad_frames_are_refused(emt, inputs, capsys):
     write("nan.extxyz", nan)
     assert md_cli.main(["nan.extxyz", *argv]) == 1
     assert "nan.extxyz (frame 0): positions contain NaN or inf (atoms [2])" in _error_line(capsys)
+
+
+def test_ctrl_c_keeps_written_frames(inputs, capsys, monkeypatch):
+    class InterruptedEMT(ContractEMT):
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            InterruptedEMT.calls += 1
+            if InterruptedEMT.calls == 13:  # as if Ctrl-C were pressed during step 12
+                raise KeyboardInterrupt
+            super().calculate(*args, **kwargs)
+
+    monkeypatch.setattr(cli_common, "make_calculator", lambda model, device: InterruptedEMT())
+    argv = ["cuau.cif", "--ensemble", "nvt", "--temperature", "300", "--timestep", "2"]
+    assert md_cli.main([*argv, "--steps", "100", "--interval", "5"]) == 130
+    line = _error_line(capsys)
+    assert line.startswith("mlip-md: error: interrupted at step ")
+    frames = read("md.extxyz", ":")
+    assert f"the {len(frames)} frame(s) written before are kept in md.extxyz and md.csv" in line
+    assert [f.info["step"] for f in frames] == _read_log()[1][:, 0].tolist() == [0, 5, 10]
