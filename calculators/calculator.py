@@ -21,7 +21,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mlip import AtomicGraph, keys
 from mlip.allocator import keep_freed_memory
 from mlip.export import build_metadata, load
-from mlip.neighbors import neighbor_list
+from mlip.neighbors import check_min_distance, neighbor_list
 
 __all__ = ["MLIPCalculator"]
 
@@ -73,7 +73,9 @@ class _SkinNeighborList:
             - points.index_select(0, pairs[0])
             + shifts.to(torch.float64) @ torch.from_numpy(cell)
         )
-        keep = (vectors * vectors).sum(dim=1) <= self.cutoff**2
+        squared_distances = (vectors * vectors).sum(dim=1)
+        check_min_distance(pairs, squared_distances, shifts)  # atoms may have moved closer
+        keep = squared_distances <= self.cutoff**2
         return pairs[:, keep], shifts[keep]
 
 
@@ -81,7 +83,8 @@ class MLIPCalculator(Calculator):
     """ASE calculator for an mlip potential.
 
     Args:
-        model: a path to a file written by :func:`mlip.export.save`, a loaded
+        model: a path to a file written by :func:`mlip.export.save`, ``None`` for the built-in
+            demo model (:func:`calculators.defaults.default_model_path`, EMT Cu-Au), a loaded
             ``(module, metadata)`` pair from :func:`mlip.export.load`, or an in-memory energy
             model from :func:`mlip.models.build_model` (scripted on the fly).
         device: torch device to run on, e.g. ``"cpu"`` or ``"cuda"``.
@@ -102,7 +105,11 @@ class MLIPCalculator(Calculator):
 
     def __init__(
         self,
-        model: str | os.PathLike | torch.nn.Module | tuple[torch.nn.Module, dict[str, Any]],
+        model: str
+        | os.PathLike
+        | torch.nn.Module
+        | tuple[torch.nn.Module, dict[str, Any]]
+        | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
@@ -112,6 +119,10 @@ class MLIPCalculator(Calculator):
         self.device = torch.device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
+        if model is None:
+            from calculators.defaults import default_model_path
+
+            model = default_model_path()
         if isinstance(model, (str, os.PathLike)):
             module, metadata = load(model, device=self.device)
         elif isinstance(model, tuple):
@@ -147,6 +158,8 @@ class MLIPCalculator(Calculator):
         return [chemical_symbols[z] for z in self.atomic_numbers]
 
     def _check_elements(self, atoms: Atoms) -> None:
+        if len(atoms) == 0:  # the model's reshapes would fail with a TorchScript error
+            raise ValueError("the structure has no atoms")
         unknown = sorted(set(atoms.numbers.tolist()) - set(self.atomic_numbers))
         if unknown:
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
@@ -234,10 +247,13 @@ class MLIPCalculator(Calculator):
             indices = [i for i, p in enumerate(periodic) if p == want_periodic]
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                graphs = [
-                    AtomicGraph.from_atoms(structures[i], self.cutoff, read_labels=False)
-                    for i in chunk
-                ]
+                graphs = []
+                for i in chunk:
+                    try:
+                        graph = AtomicGraph.from_atoms(structures[i], self.cutoff, False)
+                    except ValueError as exc:  # e.g. overlapping atoms: say which structure
+                        raise ValueError(f"structure {i}: {exc}") from None
+                    graphs.append(graph)
                 outputs = self._run(AtomicGraph.batch(graphs), stress=want_periodic)
                 first_atom = 0
                 for position, i in enumerate(chunk):
