@@ -138,20 +138,26 @@ def to_aselmdb(source: str | Path, target: str | Path) -> int:
 
     Returns the number of rows written. Needs the ``omol`` extra (``ase-db-backends``).
     """
-    from ase.db import connect
+    import ase.db
 
     frames = read(source, index=":")
     target = Path(target)
     if target.exists():
         raise FileExistsError(f"{target} exists; not overwriting")
-    with connect(str(target), type="aselmdb") as db:
+    db = ase.db.connect(str(target), type="aselmdb")
+    try:
         for atoms in frames:
             info = dict(atoms.info)
             data = {"charge": int(info.pop("charge")), "spin": int(info.pop("spin"))}
             key_value_pairs = {
-                k: v for k, v in info.items() if isinstance(v, (int, float, str, np.integer))
+                k: (v.item() if isinstance(v, np.generic) else v)
+                for k, v in info.items()
+                if isinstance(v, (int, float, str, np.generic))
             }
             db.write(atoms, key_value_pairs=key_value_pairs, data=data)
+    finally:
+        if hasattr(db, "close"):
+            db.close()
     return len(frames)
 
 

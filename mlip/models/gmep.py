@@ -410,11 +410,11 @@ class GMEP(nn.Module):
                 raise ValueError(f"heads must be a non-empty list of distinct names: {cfg.heads}")
             if not all(isinstance(h, str) and h for h in cfg.heads):
                 raise ValueError(f"head names must be non-empty strings: {cfg.heads}")
-        self.heads: list[str] = list(cfg.heads) if cfg.heads is not None else []
+        self.heads = list(cfg.heads) if cfg.heads is not None else []
         self.heads_text = str(self.heads)
         self.num_heads: int = len(self.heads)
         self.multi_head: bool = cfg.heads is not None
-        self.required_inputs: list[str] = [keys.CHARGE, keys.SPIN] if cfg.charge_spin else []
+        self.required_inputs = [keys.CHARGE, keys.SPIN] if cfg.charge_spin else []
         self.graph_state = (
             GraphStateEmbedding(
                 cfg.channels,
