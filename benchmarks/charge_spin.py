@@ -92,7 +92,7 @@ def train(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * batch.num_graphs
+            total += float(loss.detach()) * batch.num_graphs
         schedule.step()
         if (epoch + 1) % max(args.epochs // 10, 1) == 0:
             print(f"  charge_spin={charge_spin} epoch {epoch + 1}: loss {total / len(graphs):.4g}")
