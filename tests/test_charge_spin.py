@@ -175,3 +175,22 @@ def test_aselmdb_conversion_keeps_charge_and_spin(tmp_path: Path) -> None:
         np.testing.assert_allclose(frame.forces, atoms.get_forces(), atol=1e-9)
     with pytest.raises(FileExistsError):
         _data_script().to_aselmdb(tmp_path / "x.extxyz", target)
+
+
+def test_shipped_charged_data_has_every_state_of_every_geometry() -> None:
+    from ase.io import read
+
+    frames = read(ROOT / "data" / "charged" / "charged.extxyz", index=":")
+    states = _data_script().STATES
+    by_geometry: dict[int, list] = {}
+    for atoms in frames:
+        by_geometry.setdefault(int(atoms.info["geometry"]), []).append(atoms)
+        check_multiplicity(atoms.numbers, atoms.info["charge"], atoms.info["spin"])
+        assert np.isfinite(atoms.get_potential_energy())
+        assert atoms.get_forces().shape == (len(atoms), 3)
+    assert len(frames) == 560
+    for members in by_geometry.values():
+        name = members[0].info["config_type"]
+        assert [(a.info["charge"], a.info["spin"]) for a in members] == states[name][1]
+        for atoms in members[1:]:
+            np.testing.assert_array_equal(atoms.positions, members[0].positions)
