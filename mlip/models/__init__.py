@@ -13,11 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlip.models.egnn import build_egnn
 from mlip.models.gmep import GMEP, PRESETS, GMEPConfig, build_gmep
 
 __all__ = ["GMEP", "GMEPConfig", "MODELS", "PRESETS", "build_model"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"gmep": build_gmep}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "gmep": build_gmep,
+    "egnn": build_egnn,
+}
 
 
 def build_model(

@@ -35,24 +35,22 @@ and ``BENCHMARKS.md``.)
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-from ase.data import chemical_symbols
 from torch import Tensor, nn
 
 from mlip import keys
+from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
 from mlip.nn.harmonics import SphericalHarmonics, num_sh
 from mlip.nn.linear import DegreeLinear, degree_index
 from mlip.nn.message import EdgeMessage, message_paths
 from mlip.nn.mixers import build_mixer
+from mlip.nn.neighbor_table import padded_slots
 from mlip.nn.radial import BesselMLPRadial, SplineRadial
 
 __all__ = ["GMEP", "GMEPConfig", "PRESETS", "build_gmep"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -324,7 +322,7 @@ class _Interaction(nn.Module):
         return mixed, self.readout(mixed[0]).squeeze(-1)
 
 
-class GMEP(nn.Module):
+class GMEP(AtomicEnergyModel):
     """Grid-Mixing Equivariant Potential: graph dict -> per-atom and total energy (float64).
 
     Args:
@@ -348,35 +346,16 @@ class GMEP(nn.Module):
     def __init__(
         self, config: GMEPConfig, dtype: torch.dtype = torch.float32, preset: str | None = None
     ) -> None:
-        super().__init__()
         cfg = config
         if cfg.lmax_hidden > cfg.lmax:
             raise ValueError(f"lmax_hidden ({cfg.lmax_hidden}) must be <= lmax ({cfg.lmax})")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"model dtype must be float32 or float64, got {dtype}")
-        if len(set(cfg.species)) != len(cfg.species) or not cfg.species:
-            raise ValueError(f"species must be a non-empty list of distinct Z, got {cfg.species}")
-        for z in cfg.species:
-            if not 0 < int(z) < len(chemical_symbols):
-                raise ValueError(f"invalid atomic number {z}")
-        self.cutoff = float(cfg.cutoff)
-        self.species: list[int] = [int(z) for z in cfg.species]
-        self.model_dtype = dtype
-        dtype_name = "float32" if dtype == torch.float32 else "float64"
-        self.config: dict[str, Any] = {
-            "name": "gmep",
-            "preset": preset,
-            "dtype": dtype_name,
-            **asdict(cfg),
-        }
-        self.config["species"] = list(self.species)
-        self.config["cutoff"] = self.cutoff
-        self.symbols: list[str] = list(chemical_symbols)
-        self.species_text = str(self.species)
-        index = torch.full((len(chemical_symbols),), -1, dtype=torch.int64)
-        for i, z in enumerate(self.species):
-            index[z] = i
-        self.register_buffer("species_index", index, persistent=False)
+        super().__init__(
+            [int(z) for z in cfg.species],
+            cfg.cutoff,
+            dtype,
+            {"name": "gmep", "preset": preset, **asdict(cfg)},
+            cfg.avg_num_neighbors,
+        )
 
         self.embedding = nn.Parameter(torch.randn(len(self.species), cfg.channels))
         self.edge_sh = SphericalHarmonics(cfg.lmax)
@@ -393,68 +372,9 @@ class GMEP(nn.Module):
         self.uses_tables: bool = any(
             layer.species_factorised or layer.receiver_gemm for layer in layers
         )
-        self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
-        self.to(dtype)
-        self.register_buffer(
-            "reference_energies", torch.zeros(len(self.species), dtype=torch.float64)
-        )
-        self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
-        self.register_buffer("shift", torch.tensor(0.0, dtype=torch.float64))
-
-    # ------------------------------------------------------------------ statistics
-    def set_statistics(
-        self,
-        *,
-        avg_num_neighbors: float | None = None,
-        reference_energies: dict[int, float] | None = None,
-        scale: float | None = None,
-        shift: float | None = None,
-    ) -> None:
-        """Set normalisation buffers.
-
-        Args:
-            avg_num_neighbors: mean neighbour count within the cutoff.
-            reference_energies: eV per atom of each element, ``{Z: E0}``; elements not given
-                keep their current value.
-            scale: eV, multiplies the learned per-atom energy.
-            shift: eV per atom.
-        """
-        with torch.no_grad():
-            if avg_num_neighbors is not None:
-                if not avg_num_neighbors > 0:
-                    raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
-                self.avg_num_neighbors.fill_(float(avg_num_neighbors))
-            if reference_energies is not None:
-                for z, energy in reference_energies.items():
-                    if int(z) not in self.species:
-                        raise ValueError(
-                            f"element {chemical_symbols[int(z)]} (Z={int(z)}) is not in this "
-                            f"model's species {self.species}"
-                        )
-                    self.reference_energies[self.species.index(int(z))] = float(energy)
-            if scale is not None:
-                self.scale.fill_(float(scale))
-            if shift is not None:
-                self.shift.fill_(float(shift))
+        self.finish_init()
 
     # ------------------------------------------------------------------ forward
-    def _species(self, atomic_numbers: Tensor) -> Tensor:
-        clamped = torch.clamp(atomic_numbers, 0, len(self.symbols) - 1)
-        species = self.species_index[clamped]
-        bad = (species < 0) | (atomic_numbers != clamped)
-        if bool(bad.any()):
-            z = int(atomic_numbers[bad][0])
-            name = self.symbols[z] if 0 <= z < len(self.symbols) else "?"
-            raise ValueError(
-                "element "
-                + name
-                + " (Z="
-                + str(z)
-                + ") is not in this model's species "
-                + self.species_text
-            )
-        return species
-
     def _neighbor_tables(
         self,
         edge_sh: Tensor,
@@ -475,19 +395,7 @@ class GMEP(nn.Module):
             return tables, 1
         n_nodes = species.shape[0]
         device = receiver.device
-        if receiver.numel() == 0:
-            slot, max_neighbors = receiver, 1
-        else:
-            counts = torch.bincount(receiver, minlength=n_nodes)
-            max_neighbors = int(counts.max())
-            order = torch.argsort(receiver, stable=True)
-            first = torch.cumsum(counts, 0) - counts
-            sorted_receiver = receiver.index_select(0, order)
-            rank = torch.arange(receiver.numel(), device=device) - first.index_select(
-                0, sorted_receiver
-            )
-            slot = torch.empty_like(receiver)
-            slot.index_copy_(0, order, sorted_receiver * max_neighbors + rank)
+        slot, max_neighbors = padded_slots(receiver, n_nodes)
         rows = n_nodes * max_neighbors
         basis = self.layers[0].radial.basis(lengths)  # (E, K')
         basis_padded = torch.zeros(
@@ -519,21 +427,14 @@ class GMEP(nn.Module):
             ``energy`` (B,) eV and ``energies`` (N,) eV, float64.
         """
         positions = data[keys.POSITIONS]
-        cell = data[keys.CELL]
         edge_index = data[keys.EDGE_INDEX]
         batch = data[keys.BATCH]
         n_graphs = data[keys.NUM_ATOMS].shape[0]
         species = self._species(data[keys.ATOMIC_NUMBERS])
         receiver = edge_index[0]
         sender = edge_index[1]
-        shifts = torch.einsum(
-            "ek,ekl->el",
-            data[keys.CELL_SHIFTS].to(cell.dtype),
-            cell.index_select(0, batch.index_select(0, receiver)),
-        )
-        vectors = positions.index_select(0, sender) - positions.index_select(0, receiver) + shifts
         dtype = self.embedding.dtype
-        vectors = vectors.to(dtype)
+        vectors = self.edge_vectors(data)
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
         inv_avg = 1.0 / self.avg_num_neighbors
@@ -557,12 +458,7 @@ class GMEP(nn.Module):
                 max_neighbors,
             )
             atomic = atomic + contribution
-        energies = (
-            self.reference_energies[species] + self.scale * atomic.to(torch.float64) + self.shift
-        )
-        energy = torch.zeros(n_graphs, dtype=torch.float64, device=energies.device)
-        energy = energy.index_add(0, batch, energies)
-        return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: energies}
+        return self.total_energy(atomic, species, batch, n_graphs)
 
 
 def build_gmep(
@@ -582,21 +478,7 @@ def build_gmep(
         dtype: torch dtype or ``"float32"``/``"float64"``.
         **hyper: any :class:`GMEPConfig` field, overriding the preset.
     """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
-        values.update(PRESETS[preset])
     known = {f.name for f in fields(GMEPConfig)} - {"species", "cutoff"}
-    unknown = set(hyper) - known
-    if unknown:
-        raise TypeError(f"unknown GMEP hyperparameters {sorted(unknown)}; known: {sorted(known)}")
-    values.update(hyper)
-    if not (math.isfinite(float(cutoff)) and float(cutoff) > 0):
-        raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff}")
+    values = select_hyper("GMEP", known, PRESETS, preset, cutoff, hyper)
     cfg = GMEPConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return GMEP(cfg, dtype=dtype, preset=preset)
+    return GMEP(cfg, dtype=resolve_dtype(dtype), preset=preset)

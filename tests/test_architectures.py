@@ -1,0 +1,19 @@
+"""Conformance suite (mlip.testing) for the comparison architectures: EGNN, HEGNN, TransIP,
+LEFTNet (tiny configurations)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlip.testing import EnergyModelTests
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class TestEGNN(EnergyModelTests):
+    model_name = "egnn"
+    model_kwargs = {"channels": 8, "num_radial": 6, "readout_hidden": 4}
