@@ -17,3 +17,17 @@ def _seed() -> None:
 class TestEGNN(EnergyModelTests):
     model_name = "egnn"
     model_kwargs = {"channels": 8, "num_radial": 6, "readout_hidden": 4}
+
+
+class TestHEGNN(EnergyModelTests):
+    """Degrees up to 3, two layers so the steerable update is exercised."""
+
+    model_name = "hegnn"
+    model_kwargs = {
+        "num_layers": 2,
+        "channels": 8,
+        "lmax": 3,
+        "vector_channels": 2,
+        "num_radial": 6,
+        "readout_hidden": 4,
+    }

@@ -15,12 +15,14 @@ from torch import nn
 
 from mlip.models.egnn import build_egnn
 from mlip.models.gmep import GMEP, PRESETS, GMEPConfig, build_gmep
+from mlip.models.hegnn import build_hegnn
 
 __all__ = ["GMEP", "GMEPConfig", "MODELS", "PRESETS", "build_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "gmep": build_gmep,
     "egnn": build_egnn,
+    "hegnn": build_hegnn,
 }
 
 
