@@ -31,3 +31,29 @@ class TestHEGNN(EnergyModelTests):
         "num_radial": 6,
         "readout_hidden": 4,
     }
+
+
+_TINY_TRANSIP = {
+    "num_layers": 2,
+    "channels": 8,
+    "num_heads": 2,
+    "ffn_hidden": 8,
+    "num_radial": 6,
+    "readout_hidden": 4,
+    "transform_hidden": 8,
+}
+
+
+class TestTransIPEmbedding(EnergyModelTests):
+    """Not equivariant by construction: errors are printed (``pytest -s``), only finiteness is
+    asserted."""
+
+    model_name = "transip"
+    model_kwargs = {"arm": "embedding", **_TINY_TRANSIP}
+    exact = False
+
+
+class TestTransIPAugmentation(EnergyModelTests):
+    model_name = "transip"
+    model_kwargs = {"arm": "augmentation", **_TINY_TRANSIP}
+    exact = False
