@@ -57,3 +57,80 @@ class TestTransIPAugmentation(EnergyModelTests):
     model_name = "transip"
     model_kwargs = {"arm": "augmentation", **_TINY_TRANSIP}
     exact = False
+
+
+class TestLEFTNet(EnergyModelTests):
+    """Molecule-only: every check runs on a rattled acetone-shaped molecule."""
+
+    model_name = "leftnet"
+    model_kwargs = {"num_layers": 2, "channels": 8, "num_radial": 6, "readout_hidden": 4}
+    species = [1, 6, 8]
+    periodic = False
+
+
+def test_leftnet_refuses_periodic_input() -> None:
+    from mlip.derivatives import ForceStress
+    from mlip.graph import AtomicGraph
+    from mlip.models import build_model
+    from mlip.testing import rattled_crystal
+
+    model = build_model("leftnet", species=[29, 79], cutoff=4.0, channels=4, num_radial=4)
+    data = AtomicGraph.from_atoms(rattled_crystal(), 4.0, read_labels=False).as_dict()
+    with pytest.raises(ValueError, match="LEFTNet is for molecules only.*periodic"):
+        model(data)
+    scripted = torch.jit.script(ForceStress(model, True, False).eval())
+    with pytest.raises(Exception, match="LEFTNet is for molecules only"):
+        scripted(data)
+
+
+def _transip_batch(**hyper: object) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    from mlip.graph import AtomicGraph
+    from mlip.models import build_model
+    from mlip.testing import rattled_molecule
+
+    model = build_model(
+        "transip", species=[1, 6, 8], cutoff=4.0, dtype="float64", **_TINY_TRANSIP, **hyper
+    )
+    graphs = [
+        AtomicGraph.from_atoms(rattled_molecule([1, 6, 8], seed=s), 4.0, read_labels=False)
+        for s in (0, 1)
+    ]
+    return model, AtomicGraph.batch(graphs).as_dict()
+
+
+def test_transip_arms_in_config() -> None:
+    model, _ = _transip_batch()
+    assert model.config["arm"] == "embedding" and model.config["rotation_augmentation"] is False
+    model, _ = _transip_batch(arm="augmentation")
+    assert model.config["arm"] == "augmentation" and model.config["rotation_augmentation"] is True
+    with pytest.raises(ValueError, match="unknown TransIP arm"):
+        _transip_batch(arm="both")
+
+
+def test_transip_augmentation_rotates_in_training_only() -> None:
+    model, data = _transip_batch(arm="augmentation")
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(data)["energy"], model(data)["energy"])
+        model.train()
+        assert not torch.equal(model(data)["energy"], model(data)["energy"])
+
+
+def test_transip_equivariance_loss_is_learnable() -> None:
+    """The objective is a finite scalar that gradient steps on it lower (on a fixed rotation)."""
+    from mlip.models.transip import equivariance_loss, random_rotations
+
+    model, data = _transip_batch()
+    rotation = random_rotations(2, torch.float64, torch.device("cpu"))
+    first = equivariance_loss(model, data, rotation)
+    assert first.shape == () and bool(torch.isfinite(first)) and float(first) > 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        equivariance_loss(model, data, rotation).backward()
+        optimizer.step()
+    assert float(equivariance_loss(model, data, rotation)) < 0.5 * float(first)
+    # a single (3, 3) matrix applies to every structure; a non-orthogonal shape is refused
+    assert bool(torch.isfinite(equivariance_loss(model, data, rotation[0])))
+    with pytest.raises(ValueError, match="rotation must be"):
+        equivariance_loss(model, data, torch.eye(3).expand(5, 3, 3))

@@ -16,6 +16,7 @@ from torch import nn
 from mlip.models.egnn import build_egnn
 from mlip.models.gmep import GMEP, PRESETS, GMEPConfig, build_gmep
 from mlip.models.hegnn import build_hegnn
+from mlip.models.leftnet import build_leftnet
 from mlip.models.transip import build_transip
 
 __all__ = ["GMEP", "GMEPConfig", "MODELS", "PRESETS", "build_model"]
@@ -25,6 +26,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "egnn": build_egnn,
     "hegnn": build_hegnn,
     "transip": build_transip,
+    "leftnet": build_leftnet,
 }
 
 
