@@ -134,3 +134,47 @@ def test_transip_equivariance_loss_is_learnable() -> None:
     assert bool(torch.isfinite(equivariance_loss(model, data, rotation[0])))
     with pytest.raises(ValueError, match="rotation must be"):
         equivariance_loss(model, data, torch.eye(3).expand(5, 3, 3))
+
+
+_CALCULATOR_KWARGS = {
+    "egnn": {"channels": 8, "num_radial": 6},
+    "hegnn": {"channels": 8, "vector_channels": 2, "num_radial": 6},
+    "transip": {"arm": "augmentation", **_TINY_TRANSIP},
+    "leftnet": {"channels": 8, "num_radial": 6},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CALCULATOR_KWARGS))
+def test_export_and_calculator_round_trip(name: str, tmp_path) -> None:
+    """mlip.export.save -> MLIPCalculator gives the eager model's energy, forces and stress."""
+    import numpy as np
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    from calculators import MLIPCalculator
+    from mlip import keys
+    from mlip.derivatives import ForceStress
+    from mlip.export import save
+    from mlip.graph import AtomicGraph
+    from mlip.models import build_model
+    from mlip.testing import perturb_parameters, rattled_crystal, rattled_molecule
+
+    species = [1, 6, 8, 29]
+    model = build_model(
+        name, species=species, cutoff=4.0, dtype="float64", **_CALCULATOR_KWARGS[name]
+    )
+    model.set_statistics(avg_num_neighbors=10.0, reference_energies={1: -13.6, 6: -1000.0})
+    perturb_parameters(model).eval()
+    path = save(model, tmp_path / "model.pt", dataset="none")
+    structures = [rattled_molecule(species, seed=3)]
+    if name != "leftnet":
+        structures.append(rattled_crystal(("Cu", "C"), seed=3))
+    for atoms in structures:
+        periodic = bool(atoms.pbc.all())
+        atoms.calc = MLIPCalculator(path)
+        expected = ForceStress(model, True, periodic)(AtomicGraph.from_atoms(atoms, 4.0).as_dict())
+        energy = float(expected[keys.ENERGY])
+        assert atoms.get_potential_energy() == pytest.approx(energy, rel=1e-10, abs=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), expected[keys.FORCES].detach(), atol=1e-9)
+        if periodic:
+            stress = full_3x3_to_voigt_6_stress(expected[keys.STRESS][0].detach().numpy())
+            np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-9)
