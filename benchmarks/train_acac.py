@@ -162,13 +162,24 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def run_mlip(
-    preset: str, paths: dict[str, str], work: Path, minutes: float, threads: int, seed: int
+    preset: str,
+    paths: dict[str, str],
+    work: Path,
+    minutes: float,
+    threads: int,
+    seed: int,
+    overrides: list[str] | None = None,
 ) -> dict:
+    """Train ``training/configs/acac.yaml`` with ``model.preset=<preset>`` and ``overrides``
+    (e.g. ``model.name=egnn``) in ``<work>/mlip_<preset>``; ``preset`` also labels the run."""
     out_dir = work / f"mlip_{preset}"
+    extra = list(overrides or [])
+    if not any(o.startswith("model.preset=") for o in extra):
+        extra.insert(0, f"model.preset={preset}")
     cmd = [
         "mlip-train",
         str(REPO / "training/configs/acac.yaml"),
-        f"model.preset={preset}",
+        *extra,
         f"data.train={paths['train']}",
         f"data.valid={paths['valid']}",
         f"data.test={paths['test']}",
@@ -210,6 +221,7 @@ def run_mlip(
         "stop_reason": summary.get("stop_reason"),
         "train_wall_s": summary.get("wall_time_s"),  # training + final valid/test evaluation
         "total_wall_s": wall,
+        "model_file": str(out_dir / "model.pt"),
     }
 
 
