@@ -178,3 +178,12 @@ def test_export_and_calculator_round_trip(name: str, tmp_path) -> None:
         if periodic:
             stress = full_3x3_to_voigt_6_stress(expected[keys.STRESS][0].detach().numpy())
             np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-9)
+
+
+def test_transip_augmentation_arm_has_no_objective_network() -> None:
+    from mlip.models.transip import equivariance_loss
+
+    model, data = _transip_batch(arm="augmentation")
+    assert model.latent_transform is None
+    with pytest.raises(ValueError, match="'embedding' arm"):
+        equivariance_loss(model, data, torch.eye(3, dtype=torch.float64))

@@ -72,7 +72,8 @@ class TransIPConfig:
             "True for the augmentation arm, False for the embedding arm".
         equivariance_weight: weight of :func:`equivariance_loss` in the training loss
             (read by the trainer for the embedding arm).
-        transform_hidden: hidden width of the latent transformation network ``T(z, R)``.
+        transform_hidden: hidden width of the latent transformation network ``T(z, R)``
+            (embedding arm only).
         avg_num_neighbors: initial value of the normalisation buffer.
     """
 
@@ -177,7 +178,10 @@ class TransIP(AtomicEnergyModel):
         )
         self.norm_latent = nn.LayerNorm(channels)
         self.readout = mlp([channels, cfg.readout_hidden, 1], bias=False)
-        self.latent_transform = mlp([channels + 9, cfg.transform_hidden, channels])
+        # T(z, R) of the equivariance objective; only the embedding arm has (and trains) it
+        self.latent_transform = (
+            mlp([channels + 9, cfg.transform_hidden, channels]) if cfg.arm == "embedding" else None
+        )
         self.finish_init()
 
     def embed(self, data: dict[str, Tensor], augment: bool = True) -> tuple[Tensor, Tensor]:
@@ -274,6 +278,11 @@ def equivariance_loss(model: TransIP, data: dict[str, Tensor], rotation: Tensor)
         data: ``AtomicGraph.as_dict()`` of a batch.
         rotation: (3, 3) or (B, 3, 3) orthogonal matrices, e.g. :func:`random_rotations`.
     """
+    transform = model.latent_transform
+    if transform is None:
+        raise ValueError(
+            f"equivariance_loss needs a TransIP of the 'embedding' arm, got arm {model.arm!r}"
+        )
     latent, _ = model.embed(data, augment=False)
     turned = rotate_structures(data, rotation)
     latent_turned, _ = model.embed(turned, augment=False)
@@ -281,7 +290,7 @@ def equivariance_loss(model: TransIP, data: dict[str, Tensor], rotation: Tensor)
     if rotation.dim() == 2:
         rotation = rotation.unsqueeze(0).expand(data[keys.CELL].shape[0], 3, 3)
     per_atom = rotation.index_select(0, data[keys.BATCH]).reshape(-1, 9)
-    predicted = model.latent_transform(torch.cat([latent, per_atom], dim=-1))
+    predicted = transform(torch.cat([latent, per_atom], dim=-1))
     error = (predicted - latent_turned).pow(2).sum(-1).mean()
     return error / (latent_turned.pow(2).sum(-1).mean() + 1e-12)
 
