@@ -205,8 +205,10 @@ def run_mlip(
     if proc.returncode != 0:
         raise RuntimeError(f"mlip-train {preset} failed, see {work}/mlip_{preset}.log")
     summary = json.loads((out_dir / "summary.json").read_text())
-    with open(out_dir / "metrics.csv") as handle:
-        epochs = sum(1 for _ in csv.DictReader(handle))
+    epochs = 0  # no metrics.csv when the budget ends inside the first epoch
+    if (out_dir / "metrics.csv").exists():
+        with open(out_dir / "metrics.csv") as handle:
+            epochs = sum(1 for _ in csv.DictReader(handle))
     test = summary["test"]
     return {
         "code": "mlip",
