@@ -115,7 +115,7 @@ def equivariance_error(path: str, test_file: str, n_frames: int, seed: int = 0) 
             module(AtomicGraph.from_atoms(a, cutoff, read_labels=False).as_dict())
             for a in (atoms, turned)
         ]
-        energy = float(out[1]["energy"][0] - out[0]["energy"][0]) / len(atoms)
+        energy = float((out[1]["energy"][0] - out[0]["energy"][0]).detach()) / len(atoms)
         forces = out[1]["forces"].detach().numpy() - out[0]["forces"].detach().numpy() @ rotation.T
         energy_sq += energy**2
         forces_sq += float((forces**2).sum())
