@@ -10,7 +10,8 @@ exported file:
 * energy + forces time per atom on a ~1k-atom molecular liquid (64 AcAc molecules, 960
   atoms, periodic; for LEFTNet the same positions as a droplet without cell): median of
   ``--repeats`` calls (after 3 warm-up calls) of the exported TorchScript module (stress
-  off), neighbour list built once outside; MACE through ``benchmarks/mace_worker.py`` with the trained model file;
+  off), neighbour list built once outside; MACE through ``benchmarks/mace_worker.py`` with
+  the trained model file;
 * for TransIP (both arms) the equivariance error on ``--equivariance-frames`` test frames under
   random O(3) matrices: RMS of ``E(Rx) - E(x)`` (meV/atom) and of ``F(Rx) - R F(x)``
   (meV/Å, per component).
