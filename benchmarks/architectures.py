@@ -140,7 +140,7 @@ def time_mace(model_path: str, threads: int, repeats: int, venv: Path) -> dict:
     }
     result = subprocess.run(
         [str(venv / "bin/python"), str(worker), json.dumps(args)],
-        env=train_acac.thread_env(threads),
+        env={**train_acac.thread_env(threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
         capture_output=True,
         text=True,
         check=True,
