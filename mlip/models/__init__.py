@@ -2,7 +2,9 @@
 
 ``MODELS`` is a plain dict ``name -> builder``; every builder takes keyword arguments
 ``species``, ``cutoff``, ``preset``, ``dtype`` and model hyperparameters, and returns an energy
-model (``forward(data: Dict[str, Tensor]) -> {"energy": (B,), "energies": (N,)}``, float64).
+model (``forward(data: Dict[str, Tensor]) -> {"energy": (B,), "energies": (N,)}``, float64)
+derived from :class:`mlip.models.base.AtomicEnergyModel`. ``gmep`` is the default; ``egnn``,
+``hegnn``, ``transip`` and ``leftnet`` are the comparison architectures (see README.md).
 """
 
 from __future__ import annotations
