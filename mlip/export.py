@@ -73,11 +73,16 @@ def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
     """The JSON record stored beside the scripted model."""
     energy_model = _energy_model(model)
     numbers = [int(z) for z in energy_model.species]
+    # message-passing steps: an atom's energy depends on atoms up to this many cutoffs away
+    # (LAMMPS needs it for the ghost-atom shell of each MPI rank)
+    interactions = int(energy_model.config["num_layers"])
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
         "cutoff": float(energy_model.cutoff),
+        "num_interactions": interactions,
+        "receptive_field": interactions * float(energy_model.cutoff),
         "atomic_numbers": numbers,
         "species": [chemical_symbols[z] for z in numbers],
         "model_dtype": str(energy_model.model_dtype).replace("torch.", ""),

@@ -1,0 +1,39 @@
+// pair_style mlip: LAMMPS side. Includes LAMMPS headers only (never torch: see mlip_model.h).
+#ifndef MLIP_LAMMPS_PAIR_MLIP_H
+#define MLIP_LAMMPS_PAIR_MLIP_H
+
+#include "pair.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mlip_lammps {
+class Model;
+}
+
+namespace LAMMPS_NS {
+
+class PairMLIP : public Pair {
+ public:
+  explicit PairMLIP(class LAMMPS *);
+  ~PairMLIP() override;
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+ private:
+  void allocate();
+
+  std::unique_ptr<mlip_lammps::Model> model;
+  std::string model_path;
+  std::vector<int64_t> type_to_number;  // atomic number of each LAMMPS type (index 1..ntypes)
+  double cutoff = 0.0;                  // Å, edge cutoff of the model
+  double receptive_field = 0.0;         // Å, ghost shell the model needs
+};
+
+}  // namespace LAMMPS_NS
+
+#endif
