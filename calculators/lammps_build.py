@@ -202,6 +202,9 @@ def build_plugin(force: bool = False, log=print) -> Path:
             if (root / key).exists():
                 shutil.rmtree(root / key)
             os.replace(workdir, root / key)
+            for stale in root.iterdir():  # builds for older sources or versions
+                if stale.is_dir() and stale.name != key and not stale.name.startswith("."):
+                    shutil.rmtree(stale, ignore_errors=True)
         finally:
             if workdir.exists():
                 shutil.rmtree(workdir)
@@ -214,9 +217,7 @@ def lammps_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     ``mpiexec`` from the venv find it by themselves."""
     env = dict(os.environ if base is None else base)
     lib = str(Path(sys.prefix) / "lib")
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (lib, env.get("LD_LIBRARY_PATH", "")) if p
-    )
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (lib, env.get("LD_LIBRARY_PATH", "")) if p)
     return env
 
 

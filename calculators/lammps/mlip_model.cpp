@@ -266,7 +266,8 @@ const ModelInfo &Model::info() const { return impl_->info; }
 
 void Model::evaluate(int nlocal, int nall, const double *positions,
                      const int64_t *atomic_numbers, const std::vector<int64_t> &receivers,
-                     const std::vector<int64_t> &senders, bool want_virial,
+                     const std::vector<int64_t> &senders, const std::vector<double> &shifts,
+                     bool want_virial,
                      bool want_atom_virial, Evaluation &out) {
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
@@ -282,26 +283,26 @@ void Model::evaluate(int nlocal, int nall, const double *positions,
         torch::from_blob(const_cast<int64_t *>(receivers.data()), {n_edges}, i64);
     torch::Tensor sender = torch::from_blob(const_cast<int64_t *>(senders.data()), {n_edges}, i64);
     torch::Tensor edge_index = torch::stack({receiver, sender}).to(device);
-    // Ghost atoms carry their periodic images, so no cell shifts are needed. The (zero) shifts
-    // enter each edge vector as ``shift @ cell`` with an identity cell: their gradient is the
-    // per-edge force dE/dr_ij, from which the virial follows exactly.
+    // The shifts enter each edge vector as ``cell_shifts @ cell`` with an identity cell, so
+    // their gradient is the per-edge force dE/dr_ij, from which the virial follows exactly.
     const bool edge_grad = want_virial || want_atom_virial;
-    torch::Tensor shifts = torch::zeros({n_edges, 3}, f64.device(device));
-    if (edge_grad) shifts.requires_grad_(true);
+    torch::Tensor edge_shifts =
+        torch::from_blob(const_cast<double *>(shifts.data()), {n_edges, 3}, f64).to(device, false, true);
+    if (edge_grad) edge_shifts.requires_grad_(true);
     c10::Dict<std::string, torch::Tensor> data;
     data.insert("positions", pos);
     data.insert("atomic_numbers", numbers);
     data.insert("cell", torch::eye(3, f64.device(device)).reshape({1, 3, 3}));
     data.insert("pbc", torch::zeros({1, 3}, torch::TensorOptions().dtype(torch::kBool).device(device)));
     data.insert("edge_index", edge_index);
-    data.insert("cell_shifts", shifts);
+    data.insert("cell_shifts", edge_shifts);
     data.insert("batch", torch::zeros({nall}, i64.device(device)));
     data.insert("num_atoms", torch::full({1}, static_cast<int64_t>(nall), i64.device(device)));
     auto result = impl_->energy_model.forward({data}).toGenericDict();
     torch::Tensor energies = result.at("energies").toTensor().to(torch::kFloat64);
     torch::Tensor local_energy = energies.slice(0, 0, nlocal).sum();
     std::vector<torch::Tensor> inputs{pos};
-    if (edge_grad) inputs.push_back(shifts);
+    if (edge_grad) inputs.push_back(edge_shifts);
     auto grads = torch::autograd::grad({local_energy}, inputs, {}, false, false, true);
 
     out.energy = local_energy.item<double>();
@@ -312,10 +313,11 @@ void Model::evaluate(int nlocal, int nall, const double *positions,
     out.energies.assign(local.data_ptr<double>(), local.data_ptr<double>() + nlocal);
 
     if (edge_grad) {
-      torch::Tensor g = grads[1].defined() ? grads[1].detach() : torch::zeros_like(shifts);
+      torch::Tensor g = grads[1].defined() ? grads[1].detach() : torch::zeros_like(edge_shifts);
       torch::NoGradGuard no_grad;
       torch::Tensor p = pos.detach();
-      torch::Tensor vectors = p.index_select(0, edge_index[1]) - p.index_select(0, edge_index[0]);
+      torch::Tensor vectors = p.index_select(0, edge_index[1]) - p.index_select(0, edge_index[0]) +
+                              edge_shifts.detach();
       // W = -sum_e r_e (x) dE/dr_e, rows xx yy zz xy xz yz (symmetrised off-diagonals)
       torch::Tensor w = -(vectors.unsqueeze(2) * g.unsqueeze(1));  // (E, 3, 3)
       torch::Tensor voigt = torch::stack(

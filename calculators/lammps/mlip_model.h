@@ -39,11 +39,14 @@ class Model {
 
   const ModelInfo &info() const;
 
-  // positions (nall, 3) Å; atomic_numbers (nall,); edges (2, E) flattened as receivers
-  // then senders (indices into the nall atoms). Throws std::runtime_error on failure.
+  // positions (nall, 3) Å; atomic_numbers (nall,); edges as receivers and senders (indices
+  // into the nall atoms) and shifts (E, 3) Å, flattened: the edge vector is
+  // positions[sender] - positions[receiver] + shift (non-zero where the sender stands for a
+  // periodic image of itself). Throws std::runtime_error on failure.
   void evaluate(int nlocal, int nall, const double *positions, const int64_t *atomic_numbers,
                 const std::vector<int64_t> &receivers, const std::vector<int64_t> &senders,
-                bool want_virial, bool want_atom_virial, Evaluation &out);
+                const std::vector<double> &shifts, bool want_virial, bool want_atom_virial,
+                Evaluation &out);
 
  private:
   struct Impl;

@@ -4,8 +4,9 @@
 //   pair_style mlip model.pt [device cpu|cuda|cuda:N] [threads N]
 //   pair_coeff * * Cu Au
 //
-// Physics: a full neighbour list that includes ghost atoms' neighbours; the graph is all owned
-// and ghost atoms with every pair closer than the model cutoff; the energy is the sum of the
+// Physics: a full neighbour list that includes ghost atoms' neighbours; the graph is the owned
+// atoms and the ghosts within num_interactions hops of them, with every pair closer than the
+// model cutoff whose receiver is fewer than num_interactions hops away; the energy is the sum of the
 // owned atoms' energies; one autograd pass gives -dE/dx on owned and ghost atoms (LAMMPS sends
 // ghost forces back to their owners: newton pair on) and the per-edge forces dE/dr_ij, from
 // which the global and per-atom virials follow exactly. The ghost shell covers the model's
@@ -154,6 +155,10 @@ void PairMLIP::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   // every rank needs ghost atoms up to the receptive field (plus the skin, since ghosts are
   // only re-sent when neighbour lists are rebuilt)
+  if (atom->map_style == Atom::MAP_NONE && comm->me == 0)
+    error->warning(FLERR, "pair_style mlip: no atom map, so periodic images of owned atoms are "
+                          "evaluated as extra atoms (slower); add atom_modify map yes before the box "
+                          "is created");
   const double shell = receptive_field + neighbor->skin;
   if (comm->cutghostuser < shell) comm->cutghostuser = shell;
 }
@@ -173,50 +178,100 @@ void PairMLIP::compute(int eflag, int vflag)
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
 
-  // edges: every (receiver i, sender j) pair closer than the cutoff, owned and ghost receivers
-  const int nlists = list->inum + list->gnum;
+  // The graph: owned atoms, and the ghosts that can reach them within num_interactions
+  // message-passing steps. Breadth-first from the owned atoms: atoms at hop h < depth are
+  // receivers (their LAMMPS neighbour lists are complete: the ghost shell covers depth x
+  // cutoff), atoms at hop depth only send their initial features. A ghost that is a periodic
+  // image of an owned atom (found through the atom map) is not a node of its own: the edge
+  // points to its owner plus a shift, as in the ASE calculator. Owned atoms keep their indices
+  // 0..nlocal-1; the other ghosts reached follow in the order found.
+  const int depth = model->info().num_interactions;
   const double cutsq_model = cutoff * cutoff;
+  const bool fold_images = atom->map_style != Atom::MAP_NONE;
+  const tagint *tag = atom->tag;
+  std::vector<int> node_of(nall, -1);
+  std::vector<int> atom_of;
+  atom_of.reserve(nall);
+  for (int i = 0; i < nlocal; ++i) {
+    node_of[i] = i;
+    atom_of.push_back(i);
+  }
   std::vector<int64_t> receivers, senders;
-  receivers.reserve(static_cast<size_t>(nlists) * 64);
-  senders.reserve(static_cast<size_t>(nlists) * 64);
-  for (int ii = 0; ii < nlists; ++ii) {
-    const int i = list->ilist[ii];
-    const int *neighbours = list->firstneigh[i];
-    const int count = list->numneigh[i];
-    for (int jj = 0; jj < count; ++jj) {
-      const int j = neighbours[jj] & NEIGHMASK;
-      const double dx = x[j][0] - x[i][0];
-      const double dy = x[j][1] - x[i][1];
-      const double dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz <= cutsq_model) {
-        receivers.push_back(i);
-        senders.push_back(j);
+  std::vector<double> shifts;
+  receivers.reserve(static_cast<size_t>(nlocal) * 64 * depth);
+  senders.reserve(static_cast<size_t>(nlocal) * 64 * depth);
+  shifts.reserve(static_cast<size_t>(nlocal) * 192 * depth);
+  size_t level_begin = 0;
+  for (int hop = 0; hop < depth; ++hop) {
+    const size_t level_end = atom_of.size();
+    for (size_t n = level_begin; n < level_end; ++n) {
+      const int i = atom_of[n];
+      const int *neighbours = list->firstneigh[i];
+      const int count = list->numneigh[i];
+      for (int jj = 0; jj < count; ++jj) {
+        const int j = neighbours[jj] & NEIGHMASK;
+        const double dx = x[j][0] - x[i][0];
+        const double dy = x[j][1] - x[i][1];
+        const double dz = x[j][2] - x[i][2];
+        if (dx * dx + dy * dy + dz * dz > cutsq_model) continue;
+        if (node_of[j] < 0) {
+          const int owner = fold_images ? atom->map(tag[j]) : -1;
+          if (owner >= 0 && owner < nlocal) {
+            node_of[j] = owner;
+          } else {
+            node_of[j] = static_cast<int>(atom_of.size());
+            atom_of.push_back(j);
+          }
+        }
+        const int image_of = atom_of[node_of[j]];
+        receivers.push_back(static_cast<int64_t>(n));
+        senders.push_back(node_of[j]);
+        for (int k = 0; k < 3; ++k) shifts.push_back(x[j][k] - x[image_of][k]);
       }
     }
+    level_begin = level_end;
   }
-  std::vector<double> positions(3 * static_cast<size_t>(nall));
-  std::vector<int64_t> numbers(nall);
-  for (int i = 0; i < nall; ++i) {
-    for (int k = 0; k < 3; ++k) positions[3 * i + k] = x[i][k];
-    numbers[i] = type_to_number[type[i]];
+  const int nnodes = static_cast<int>(atom_of.size());
+  std::vector<double> positions(3 * static_cast<size_t>(nnodes));
+  std::vector<int64_t> numbers(nnodes);
+  for (int n = 0; n < nnodes; ++n) {
+    const int i = atom_of[n];
+    for (int k = 0; k < 3; ++k) positions[3 * n + k] = x[i][k];
+    numbers[n] = type_to_number[type[i]];
   }
+  evaluated_atoms += nnodes;
+  evaluated_edges += static_cast<double>(receivers.size());
+  owned_atoms += nlocal;
 
   mlip_lammps::Evaluation result;
   try {
-    model->evaluate(nlocal, nall, positions.data(), numbers.data(), receivers, senders,
+    model->evaluate(nlocal, nnodes, positions.data(), numbers.data(), receivers, senders, shifts,
                     vflag_global != 0, vflag_atom != 0, result);
   } catch (const std::exception &err) {
     error->one(FLERR, "pair_style mlip: {}", err.what());
   }
 
-  for (int i = 0; i < nall; ++i)
-    for (int k = 0; k < 3; ++k) f[i][k] += result.forces[3 * i + k];
+  for (int n = 0; n < nnodes; ++n)
+    for (int k = 0; k < 3; ++k) f[atom_of[n]][k] += result.forces[3 * n + k];
   if (eflag_global) eng_vdwl += result.energy;
   if (eflag_atom)
     for (int i = 0; i < nlocal; ++i) eatom[i] += result.energies[i];
   if (vflag_global)
     for (int k = 0; k < 6; ++k) virial[k] += result.virial[k];
   if (vflag_atom)
-    for (int i = 0; i < nall; ++i)
-      for (int k = 0; k < 6; ++k) vatom[i][k] += result.atom_virial[6 * i + k];
+    for (int n = 0; n < nnodes; ++n)
+      for (int k = 0; k < 6; ++k) vatom[atom_of[n]][k] += result.atom_virial[6 * n + k];
+}
+
+void PairMLIP::finish()
+{
+  // ghost overhead of the run: atoms evaluated per atom owned, summed over ranks and steps
+  double local[3] = {evaluated_atoms, evaluated_edges, owned_atoms}, total[3];
+  MPI_Allreduce(local, total, 3, MPI_DOUBLE, MPI_SUM, world);
+  if (comm->me == 0 && total[2] > 0)
+    utils::logmesg(lmp,
+                   "pair_style mlip: {:.3f} atoms evaluated per atom owned, {:.1f} edges per "
+                   "atom owned\n",
+                   total[0] / total[2], total[1] / total[2]);
+  evaluated_atoms = evaluated_edges = owned_atoms = 0.0;
 }

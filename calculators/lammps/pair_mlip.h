@@ -23,6 +23,7 @@ class PairMLIP : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void finish() override;
 
  private:
   void allocate();
@@ -32,6 +33,9 @@ class PairMLIP : public Pair {
   std::vector<int64_t> type_to_number;  // atomic number of each LAMMPS type (index 1..ntypes)
   double cutoff = 0.0;                  // Å, edge cutoff of the model
   double receptive_field = 0.0;         // Å, ghost shell the model needs
+  double evaluated_atoms = 0.0;         // graph nodes, summed over steps (for finish())
+  double evaluated_edges = 0.0;
+  double owned_atoms = 0.0;
 };
 
 }  // namespace LAMMPS_NS
