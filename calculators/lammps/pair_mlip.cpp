@@ -155,10 +155,9 @@ void PairMLIP::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   // every rank needs ghost atoms up to the receptive field (plus the skin, since ghosts are
   // only re-sent when neighbour lists are rebuilt)
-  if (atom->map_style == Atom::MAP_NONE && comm->me == 0)
-    error->warning(FLERR, "pair_style mlip: no atom map, so periodic images of owned atoms are "
-                          "evaluated as extra atoms (slower); add atom_modify map yes before the box "
-                          "is created");
+  if (atom->tag_enable == 0 && comm->me == 0)
+    error->warning(FLERR, "pair_style mlip: without atom IDs, periodic images are evaluated as "
+                          "extra atoms (slower)");
   const double shell = receptive_field + neighbor->skin;
   if (comm->cutghostuser < shell) comm->cutghostuser = shell;
 }
@@ -182,19 +181,24 @@ void PairMLIP::compute(int eflag, int vflag)
   // message-passing steps. Breadth-first from the owned atoms: atoms at hop h < depth are
   // receivers (their LAMMPS neighbour lists are complete: the ghost shell covers depth x
   // cutoff), atoms at hop depth only send their initial features. A ghost that is a periodic
-  // image of an owned atom (found through the atom map) is not a node of its own: the edge
-  // points to its owner plus a shift, as in the ASE calculator. Owned atoms keep their indices
-  // 0..nlocal-1; the other ghosts reached follow in the order found.
+  // image of an atom already in the graph (same atom ID: an owned atom, or a ghost found at a
+  // lower or equal hop, whose features are then exact to at least the depth this copy needs)
+  // is not a node of its own: its edges point to that node plus a shift, as in the ASE
+  // calculator. Owned atoms keep their indices 0..nlocal-1; the other ghosts follow in the
+  // order found.
   const int depth = model->info().num_interactions;
   const double cutsq_model = cutoff * cutoff;
-  const bool fold_images = atom->map_style != Atom::MAP_NONE;
+  const bool fold_images = atom->tag_enable != 0;
   const tagint *tag = atom->tag;
   std::vector<int> node_of(nall, -1);
   std::vector<int> atom_of;
   atom_of.reserve(nall);
+  node_of_tag.clear();
+  node_of_tag.reserve(2 * static_cast<size_t>(nlocal) + 16);
   for (int i = 0; i < nlocal; ++i) {
     node_of[i] = i;
     atom_of.push_back(i);
+    if (fold_images) node_of_tag.emplace(tag[i], i);
   }
   std::vector<int64_t> receivers, senders;
   std::vector<double> shifts;
@@ -215,13 +219,13 @@ void PairMLIP::compute(int eflag, int vflag)
         const double dz = x[j][2] - x[i][2];
         if (dx * dx + dy * dy + dz * dz > cutsq_model) continue;
         if (node_of[j] < 0) {
-          const int owner = fold_images ? atom->map(tag[j]) : -1;
-          if (owner >= 0 && owner < nlocal) {
-            node_of[j] = owner;
+          const int fresh = static_cast<int>(atom_of.size());
+          if (fold_images) {
+            node_of[j] = node_of_tag.emplace(tag[j], fresh).first->second;
           } else {
-            node_of[j] = static_cast<int>(atom_of.size());
-            atom_of.push_back(j);
+            node_of[j] = fresh;
           }
+          if (node_of[j] == fresh) atom_of.push_back(j);
         }
         const int image_of = atom_of[node_of[j]];
         receivers.push_back(static_cast<int64_t>(n));

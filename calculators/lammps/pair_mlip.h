@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace mlip_lammps {
@@ -33,6 +34,7 @@ class PairMLIP : public Pair {
   std::vector<int64_t> type_to_number;  // atomic number of each LAMMPS type (index 1..ntypes)
   double cutoff = 0.0;                  // Å, edge cutoff of the model
   double receptive_field = 0.0;         // Å, ghost shell the model needs
+  std::unordered_map<tagint, int> node_of_tag;  // graph node of each atom ID (reused buffer)
   double evaluated_atoms = 0.0;         // graph nodes, summed over steps (for finish())
   double evaluated_edges = 0.0;
   double owned_atoms = 0.0;
