@@ -7,11 +7,16 @@
 #include <torch/torch.h>
 
 #include <cctype>
+#include <climits>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <stdexcept>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace mlip_lammps {
 namespace {
@@ -229,6 +234,18 @@ torch::Device choose_device(const std::string &name) {
   throw std::runtime_error("unknown device '" + name + "' (use cpu, cuda or cuda:N)");
 }
 
+// As mlip.allocator.keep_freed_memory for the ASE calculator: glibc serves large tensors from
+// the heap and keeps freed ones there, instead of mapping and page-faulting them every step
+// (2-5x faster from about 1k atoms up). MLIP_KEEP_FREED_MEMORY=0 turns it off.
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  const char *setting = std::getenv("MLIP_KEEP_FREED_MEMORY");
+  if (setting != nullptr && std::string(setting) == "0") return;
+  mallopt(M_MMAP_THRESHOLD, INT_MAX);
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);
+#endif
+}
+
 }  // namespace
 
 struct Model::Impl {
@@ -242,6 +259,7 @@ Model::Model(const std::string &path, const std::string &device, int threads)
   if (threads < 1) throw std::runtime_error("threads must be >= 1");
   at::set_num_threads(threads);
   impl_->device = choose_device(device);
+  if (impl_->device.is_cpu()) keep_freed_memory();
   if (!std::ifstream(path).good()) throw std::runtime_error(path + ": no such model file");
   torch::jit::ExtraFilesMap extra{{"mlip.json", ""}};
   torch::jit::Module module;
