@@ -153,11 +153,11 @@ void PairMLIP::init_style()
     error->all(FLERR, "pair_style mlip requires newton pair on (ghost-atom forces are sent back to their owners)");
   if (!model) error->all(FLERR, "pair_style mlip: no model loaded");
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
-  // every rank needs ghost atoms up to the receptive field (plus the skin, since ghosts are
-  // only re-sent when neighbour lists are rebuilt)
   if (atom->tag_enable == 0 && comm->me == 0)
     error->warning(FLERR, "pair_style mlip: without atom IDs, periodic images are evaluated as "
                           "extra atoms (slower)");
+  // every rank needs ghost atoms up to the receptive field (plus the skin, since ghosts are
+  // only re-sent when neighbour lists are rebuilt)
   const double shell = receptive_field + neighbor->skin;
   if (comm->cutghostuser < shell) comm->cutghostuser = shell;
 }
