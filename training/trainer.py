@@ -39,6 +39,9 @@ from training.checkpoint import (
 )
 from training.config import Config, config_from_dict, config_to_dict
 from training.ema import EMA
+from training.errors import DataError
+from training.label_checks import check_weighted_labels
+from training.log_format import format_metrics, make_progress
 from training.loss import (
     LossCounts,
     LossWeights,
@@ -150,6 +153,9 @@ def load_graphs(path: str, config: Config, required: Sequence[str] = ("energy",)
         forces_key=data.forces_key,
         stress_key=data.stress_key,
         virial_key=data.virial_key,
+        stress_units=data.stress_units,
+        stress_convention=data.stress_convention,
+        max_stress=data.max_stress,
     )
     report = SkipReport()
     frames = read_frames(
@@ -165,7 +171,8 @@ def load_graphs(path: str, config: Config, required: Sequence[str] = ("energy",)
     if data.max_structures is not None:
         frames = frames[: data.max_structures]
     if not frames:
-        raise ValueError(f"{path}: no usable structures")
+        reason = f"all {report.total} skipped ({report})" if report.total else "empty file?"
+        raise DataError(f"{path}: no usable structures ({reason})")
     return GraphSet([frame.to_graph(config.model.cutoff) for frame in frames], str(path))
 
 
@@ -420,14 +427,17 @@ def _load_data(config: Config) -> _Data:
     else:
         n_valid = max(1, int(round(data.valid * len(train_set))))
         if n_valid >= len(train_set):
-            raise ValueError(
-                f"data.valid={data.valid} leaves no training data of {len(train_set)} structures"
+            raise DataError(
+                f"data.train: {data.train} has {len(train_set)} structure(s); holding out "
+                f"data.valid={data.valid} of them leaves none to train on. Give a separate "
+                "validation file as data.valid, or more training structures"
             )
         generator = torch.Generator().manual_seed(config.train.seed)
         order = torch.randperm(len(train_set), generator=generator).tolist()
         valid_set = train_set.subset(sorted(order[:n_valid]), f"{data.train} (valid split)")
         train_set = train_set.subset(sorted(order[n_valid:]))
     test_set = load_graphs(data.test, config) if data.test else None
+    check_weighted_labels(train_set.graphs, config, str(data.train))
     return _Data(train_set, valid_set, test_set)
 
 
@@ -628,15 +638,7 @@ def _train(
                 best_loss, bad_epochs = math.inf, 0
         batches = _epoch_batches(train_set, config, epoch)
         if info.is_main and cfg.progress_bar:
-            from tqdm import tqdm
-
-            progress_bar = tqdm(
-                total=len(batches),
-                initial=batches_done,
-                desc=f"epoch {epoch}",
-                leave=False,
-                dynamic_ncols=True,
-            )
+            progress_bar = make_progress(len(batches), batches_done, f"epoch {epoch}")
         tick, structures_seen = time.monotonic(), 0
         for batch in batches[batches_done:]:
             if out_of_time():
@@ -715,10 +717,10 @@ def _train(
             bad_epochs += 1
         if info.is_main:
             log.info(
-                "epoch %d: train_loss %.4g valid %s",
+                "epoch %d: train loss %.4g; valid %s",
                 epoch,
                 row["train_loss"],
-                " ".join(f"{k}={v:.4g}" for k, v in valid_metrics.items()),
+                format_metrics(valid_metrics),
             )
         epoch += 1
         batches_done = 0
