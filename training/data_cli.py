@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("store")
     stats.add_argument("--cutoff", type=float, help="also the mean neighbour count (Å)")
     stats.add_argument("--split", help="restrict to a saved split, as NAME:PART (default:train)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     split = commands.add_parser("split", help="make and save a seeded train/valid(/test) split")
     split.add_argument("store")
@@ -126,7 +127,12 @@ def _stats(args: argparse.Namespace) -> int:
         name, _, part = args.split.partition(":")
         indices = load_split(store, name)[part or "train"]
     stats = compute_statistics(store, cutoff=args.cutoff, indices=indices)
-    print(json.dumps(json.loads(stats.to_json()), indent=2))
+    if args.json:
+        print(json.dumps(json.loads(stats.to_json()), indent=2))
+    else:
+        from training.stats_table import format_statistics
+
+        print(format_statistics(stats, args.store + (f" ({args.split})" if args.split else "")))
     return 0
 
 

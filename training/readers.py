@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 
+from training.errors import DataError
 from training.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
 from training.units import MAX_STRESS, check_stress_magnitude, stress_to_ase, virial_to_stress
 
@@ -123,11 +124,14 @@ def iter_raw(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        DataError: ``path`` is an empty file.
         ImportError: an ``.aselmdb`` input without the ``omol`` extra.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset input not found: {path}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file, no structures")
     format = format or detect_format(path)
     options = options or ReaderOptions()
     if format == "ase":

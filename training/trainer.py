@@ -40,7 +40,7 @@ from training.checkpoint import (
 from training.config import Config, config_from_dict, config_to_dict
 from training.ema import EMA
 from training.errors import DataError
-from training.label_checks import check_weighted_labels
+from training.label_checks import check_training_set
 from training.log_format import format_metrics, make_progress
 from training.loss import (
     LossCounts,
@@ -364,13 +364,14 @@ def evaluate(
     """MAE/RMSE of ``model`` (an energy model, eval mode) on ``dataset[indices]``.
 
     Returns the metrics (summed over ranks when ``reduce``) and, with ``collect``, arrays for
-    parity plots: ``energy_ref``/``energy_pred`` (eV/atom), ``forces_ref``/``forces_pred``.
+    parity plots: ``energy_ref``/``energy_pred`` (eV/atom), ``forces_ref``/``forces_pred``
+    (eV/Å), ``stress_ref``/``stress_pred`` (eV/Å³; empty when no batch has stress).
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     wrappers = {flag: _force_stress(model, flag).eval() for flag in (False, True)}
     metrics = ErrorMetrics()
     parity: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("energy_ref", "energy_pred", "forces_ref", "forces_pred")
+        f"{q}_{kind}": [] for q in ("energy", "forces", "stress") for kind in ("ref", "pred")
     }
     for batch in _fixed_batches(dataset, config, indices):
         graph = AtomicGraph.batch([dataset.graphs[i] for i in batch]).to(device)
@@ -385,6 +386,9 @@ def evaluate(
             if graph.forces is not None:
                 parity["forces_ref"].append(graph.forces.cpu().numpy().ravel())
                 parity["forces_pred"].append(predictions["forces"].cpu().numpy().ravel())
+            if graph.stress is not None and "stress" in predictions:
+                parity["stress_ref"].append(graph.stress.cpu().numpy().ravel())
+                parity["stress_pred"].append(predictions["stress"].cpu().numpy().ravel())
     if reduce:
         metrics.all_reduce()
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
@@ -437,7 +441,7 @@ def _load_data(config: Config) -> _Data:
         valid_set = train_set.subset(sorted(order[:n_valid]), f"{data.train} (valid split)")
         train_set = train_set.subset(sorted(order[n_valid:]))
     test_set = load_graphs(data.test, config) if data.test else None
-    check_weighted_labels(train_set.graphs, config, str(data.train))
+    check_training_set(train_set.graphs, config, str(data.train))
     return _Data(train_set, valid_set, test_set)
 
 
