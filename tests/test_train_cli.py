@@ -206,3 +206,14 @@ def test_print_config_prints_resolved_yaml(capsys: pytest.CaptureFixture) -> Non
     assert printed["train"]["lr"] == 0.001
     assert printed["data"]["stress_units"] == "eV/A^3"  # defaults are shown too
     assert printed["train"]["max_time"] is None
+
+
+def test_readme_outputs_are_ignored_by_git() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("relaxed.extxyz", "runs/demo/model.pt"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert ignored.returncode == 0, f"{path} is not ignored"

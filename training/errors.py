@@ -1,7 +1,8 @@
 """Errors that bad user input raises in ``training``, and the one handler that prints them.
 
 Every console script of the package runs through :func:`run_cli`: a known error (bad config,
-bad data file or frame, missing or non-writable path, malformed YAML) prints one line
+bad data file or frame, missing or non-writable path, malformed YAML, a missing optional
+dependency) prints one line
 ``PROG: error: MESSAGE`` on stderr and exits 1 (2 for a configuration error); Ctrl-C exits
 130 with :class:`Interrupted`'s hint. Anything else is a bug and keeps its traceback.
 ``MLIP_TRACEBACK=1`` re-raises known errors too, for debugging.
@@ -83,7 +84,7 @@ def one_line(error: BaseException) -> str:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from training.config import ConfigError
 
-    return (InputError, ConfigError, ValueError, OSError, *_yaml_error_types())
+    return (InputError, ConfigError, ValueError, OSError, ImportError, *_yaml_error_types())
 
 
 def run_cli(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None):

@@ -130,10 +130,10 @@ def iter_raw(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset input not found: {path}")
-    if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file, no structures")
     format = format or detect_format(path)
     options = options or ReaderOptions()
+    if format == "ase" and path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file, no structures")
     if format == "ase":
         return _iter_ase_file(path, options, start)
     if format == "asedb":
