@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,8 +25,10 @@ RUN_FILES = ("checkpoint.pt", "model.pt")
 """Files whose presence means ``output_dir`` already holds a (finished or partial) run."""
 
 
-def check_output_dir(config: Config, config_path: str, resume: bool, overwrite: bool) -> None:
+def check_output_dir(config: Config, command: str, resume: bool, overwrite: bool) -> None:
     """Refuse to start a fresh run over an existing one, or in a folder that is not writable.
+
+    ``command`` is the config path and overrides, for the suggested ``--resume`` command.
 
     Raises:
         OutputExistsError: ``output_dir`` holds ``checkpoint.pt``/``model.pt`` and neither
@@ -38,17 +41,17 @@ def check_output_dir(config: Config, config_path: str, resume: bool, overwrite: 
     if found and not resume and not overwrite:
         raise OutputExistsError(
             f"output_dir {str(output_dir)!r} already holds a run ({', '.join(found)}); "
-            f"continue it with 'mlip-train {config_path} --resume', replace it with "
+            f"continue it with 'mlip-train {command} --resume', replace it with "
             "--overwrite, or choose another output_dir=..."
         )
 
 
-def _interrupted_hint(config: Config, config_path: str) -> str:
+def _interrupted_hint(config: Config, command: str) -> str:
     checkpoint = Path(config.output_dir) / "checkpoint.pt"
     if not checkpoint.exists():
         return "No checkpoint was written yet; nothing to resume."
     return (
-        f"The last checkpoint is {checkpoint}: 'mlip-train {config_path} --resume' continues "
+        f"The last checkpoint is {checkpoint}: 'mlip-train {command} --resume' continues "
         f"from it; 'mlip-export {checkpoint} -o model.pt' exports it."
     )
 
@@ -89,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), end="")
         return 0
-    check_output_dir(config, args.config, args.resume, args.overwrite)
+    check_output_dir(
+        config, shlex.join([args.config, *args.overrides]), args.resume, args.overwrite
+    )
 
     from training.log_format import format_metrics
     from training.trainer import train
@@ -97,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(config, resume=args.resume)
     except KeyboardInterrupt:
-        raise Interrupted(_interrupted_hint(config, args.config)) from None
+        command = shlex.join([args.config, *args.overrides])
+        raise Interrupted(_interrupted_hint(config, command)) from None
     if rank == 0:
         for split in ("valid", "test"):
             if split in result:
