@@ -24,6 +24,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from training.errors import InputError
+
 __all__ = [
     "BatchConfig",
     "Config",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration key is unknown, missing or has the wrong type."""
 
 

@@ -27,7 +27,11 @@ __all__ = [
 
 
 class InputError(ValueError):
-    """Bad user input; the message names the file (and frame and field where there is one)."""
+    """Bad user input; the message names the file (and frame and field where there is one).
+
+    Subclasses: :class:`DataError`, :class:`OutputExistsError`,
+    :class:`training.config.ConfigError`, :class:`training.frames.InvalidFrameError`.
+    """
 
 
 class DataError(InputError):
