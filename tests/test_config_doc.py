@@ -32,3 +32,17 @@ def test_config_reference_is_up_to_date() -> None:
     written = (REPO / "docs" / "CONFIG.md").read_text()
     assert written == markdown(), "regenerate: python -m training.config_doc > docs/CONFIG.md"
     assert "`train.max_time`" in written and "minutes" in written
+
+
+def test_help_lists_every_key(capsys) -> None:
+    import pytest
+
+    from training.config_doc import _rows
+    from training.train_cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for key, *_ in _rows(Config, ""):
+        assert f"  {key} = " in text, key

@@ -19,7 +19,7 @@ from typing import Any
 
 from training.config import _REVERSE_ALIASES, Config, _type_name
 
-__all__ = ["attribute_docs", "markdown", "undocumented_fields"]
+__all__ = ["attribute_docs", "key_summary", "markdown", "undocumented_fields"]
 
 _ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w, ]*):\s*(?P<text>.*)$")
 
@@ -82,6 +82,13 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
 def undocumented_fields(cls: type = Config, prefix: str = "") -> list[str]:
     """Dotted keys whose dataclass has no ``Attributes:`` entry for them."""
     return [key for key, _, _, text in _rows(cls, prefix) if not text]
+
+
+def key_summary() -> str:
+    """Every key with its type and default, one per line (for ``mlip-train --help``)."""
+    return "\n".join(
+        f"  {key} = {default}  ({type_name})" for key, type_name, default, _ in _rows(Config, "")
+    )
 
 
 def _cell(text: str) -> str:

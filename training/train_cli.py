@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from training.config import Config, config_to_dict, load_config
+from training.config_doc import key_summary
 from training.errors import Interrupted, OutputExistsError, check_writable_dir
 
 __all__ = ["main"]
@@ -61,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="mlip-train",
         description="Train an mlip model from a YAML config and export it. Every config key, "
         "its type, default and unit: docs/CONFIG.md (or --print-config).",
-        epilog="Example: mlip-train training/configs/demo.yaml train.max_epochs=5",
+        epilog="Example: mlip-train training/configs/demo.yaml train.max_epochs=5\n\n"
+        "Config keys (key = default (type); meanings and units: docs/CONFIG.md; "
+        "train.max_time is in minutes):\n" + key_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="YAML configuration file")
     parser.add_argument(
