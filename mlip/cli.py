@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_OK",
     "ArgumentParser",
     "CLIError",
+    "Interrupted",
     "check_device",
     "check_not_inputs",
     "check_outputs",
@@ -50,6 +51,17 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
+class Interrupted(CLIError):
+    """Ctrl-C caught by a command that can say how to continue (e.g. ``--resume``).
+
+    Args:
+        hint: What was kept and how to go on; printed after ``PROG: interrupted.``.
+    """
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint, EXIT_INTERRUPTED)
+
+
 def one_line(message: object) -> str:
     """Collapse all whitespace (newlines included) of ``message`` into single spaces."""
     return " ".join(str(message).split())
@@ -62,6 +74,28 @@ def _describe_os_error(exc: OSError) -> str:
     return f"{exc.filename}: {reason}"
 
 
+def _yaml_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        return ()
+    return (yaml.YAMLError,)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a known error; YAML errors name the file, line and column."""
+    if isinstance(exc, _yaml_error_types()):
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is None:
+            return f"malformed YAML: {problem}"
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}"
+        return f"malformed YAML ({where}): {problem}"
+    if isinstance(exc, OSError):
+        return one_line(_describe_os_error(exc))
+    return one_line(exc) or type(exc).__name__
+
+
 def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
     """Run a command-line body and map errors to one stderr line and an exit status.
 
@@ -71,30 +105,30 @@ def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str]
         argv: Arguments without the program name; ``None`` means ``sys.argv[1:]``.
 
     Returns:
-        The body's exit status; a :class:`CLIError`'s ``exit_code``; :data:`EXIT_ERROR` for an
-        ``OSError`` or ``ValueError``; :data:`EXIT_INTERRUPTED` on Ctrl-C; argparse's own code
+        The body's exit status; a :class:`CLIError`'s ``exit_code``; for an ``OSError``,
+        ``ValueError``, ``ImportError`` (a missing optional dependency) or malformed YAML its
+        ``exit_code`` attribute if it has one (a configuration error: 2), else
+        :data:`EXIT_ERROR`; :data:`EXIT_INTERRUPTED` on Ctrl-C; argparse's own code
         for ``--help``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("MLIP_TRACEBACK", "") not in ("", "0")
     try:
         return body(args)
+    except Interrupted as exc:
+        print(f"{prog}: interrupted. {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except CLIError as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as exc:
+    except (OSError, ValueError, ImportError, *_yaml_error_types()) as exc:
         if debug:
             raise
-        print(f"{prog}: error: {one_line(_describe_os_error(exc))}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as exc:
-        if debug:
-            raise
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+        print(f"{prog}: error: {_describe(exc)}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_ERROR))
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
 

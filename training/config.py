@@ -24,6 +24,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from training.errors import InputError
+
 __all__ = [
     "BatchConfig",
     "Config",
@@ -40,8 +42,10 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown, missing or has the wrong type."""
+class ConfigError(InputError):
+    """A configuration key is unknown, missing or has the wrong type (exit status 2)."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -58,9 +62,17 @@ class DataConfig:
         energy_key: ``atoms.info`` key of the total energy (eV); None: the calculator, then
             ``info["energy"]``. For MPTrj JSON the frame field used as the energy.
         forces_key: ``atoms.arrays`` key of the forces (eV/Å); None: calculator / ``forces``.
-        stress_key: ``atoms.info`` key of the stress (eV/Å³, ASE sign); None: calculator /
-            ``stress``.
-        virial_key: ``atoms.info`` key of a virial (eV), used when there is no stress.
+        stress_key: ``atoms.info`` key of the stress (in ``stress_units`` and
+            ``stress_convention``; 6 Voigt, 9 or 3x3 values); None: calculator / ``stress``.
+        virial_key: ``atoms.info`` key of a virial (eV; stress = -virial / volume), used when
+            there is no stress.
+        stress_units: unit of the stress label: ``eV/A^3``, ``GPa`` or ``kbar``
+            (mlearn, VASP OUTCAR ``in kB``: ``kbar``). MPTrj JSON is always read as kbar/vasp.
+        stress_convention: ``ase`` (tensile positive; Voigt order xx yy zz yz xz xy) or ``vasp``
+            (compressive positive; Voigt order xx yy zz xy yz zx). For a virial only the Voigt
+            order applies.
+        max_stress: largest accepted |stress component| in eV/Å³ after conversion (1 eV/Å³ =
+            160 GPa); a larger one is refused as a unit mix-up.
         skip_invalid: skip frames with missing/NaN labels (counted and reported) instead of
             failing.
         reference_energies: per-element reference energies subtracted before learning:
@@ -78,6 +90,9 @@ class DataConfig:
     forces_key: str | None = None
     stress_key: str | None = None
     virial_key: str | None = None
+    stress_units: Literal["eV/A^3", "GPa", "kbar"] = "eV/A^3"
+    stress_convention: Literal["ase", "vasp"] = "ase"
+    max_stress: float = 1.0
     skip_invalid: bool = False
     reference_energies: str | dict[int, float] = "least_squares"
     isolated_atoms: str | None = None
@@ -91,7 +106,7 @@ class ModelConfig:
     Attributes:
         name: registered model name; None = the library default. ``module:function`` imports a
             builder with the same signature (used by tests and plug-ins).
-        preset: size preset of the model.
+        preset: size preset of the model (GMEP: ``small``, ``medium``, ``large``).
         cutoff: neighbour cutoff in Å.
         hyper: extra hyperparameters passed to the builder as keyword arguments.
     """
@@ -167,7 +182,8 @@ class TrainConfig:
             None = never.
         checkpoint_every: also write a checkpoint every N optimiser steps (0 = per epoch only).
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
-        progress_bar: show a tqdm bar on rank 0.
+        progress_bar: show progress on rank 0: a tqdm bar on a terminal, else a plain log
+            line every 30 s.
         num_threads: torch CPU threads; None leaves torch's default.
     """
 
@@ -209,7 +225,18 @@ class FinetuneConfig:
 
 @dataclass
 class Config:
-    """The whole run. ``output_dir`` receives checkpoints, logs, plots and ``model.pt``."""
+    """The whole run.
+
+    Attributes:
+        data: where the data comes from (:class:`DataConfig`).
+        model: which model to build (:class:`ModelConfig`).
+        train: optimisation and run control (:class:`TrainConfig`).
+        loss: loss weights (:class:`LossConfig`).
+        finetune: start from trained weights (:class:`FinetuneConfig`).
+        output_dir: folder that receives ``checkpoint.pt``, ``metrics.csv``, plots,
+            ``summary.json`` and ``model.pt``; a folder holding a run is not replaced without
+            ``mlip-train --overwrite`` (``--resume`` continues it).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -382,8 +409,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     data, train = config.data, config.train
+    if isinstance(data.valid, float) and data.valid == 0.0:
+        raise ConfigError(
+            "data.valid: 0 leaves no validation set, but mlip-train picks the exported model "
+            "and stops early by the validation loss; hold out a fraction (e.g. data.valid=0.1) "
+            "or give a validation file (data.valid=path.extxyz)"
+        )
     if isinstance(data.valid, float) and not 0.0 < data.valid < 1.0:
         raise ConfigError(f"data.valid: a fraction must be in (0, 1), got {data.valid}")
+    if data.max_stress <= 0:
+        raise ConfigError(f"data.max_stress: must be > 0 eV/Å³, got {data.max_stress}")
+    if config.model.name in (None, "gmep"):
+        from mlip.models.gmep import PRESETS
+
+        if config.model.preset not in PRESETS:
+            raise ConfigError(
+                f"model.preset: unknown preset {config.model.preset!r}; known: {', '.join(PRESETS)}"
+            )
     if isinstance(data.reference_energies, str) and data.reference_energies not in (
         "least_squares",
         "isolated",

@@ -34,8 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--corrected-energy", action="store_true",
                          help="MPTrj: train on corrected_total_energy")  # fmt: skip
     convert.add_argument("--forces-key", help="arrays key of the forces")
-    convert.add_argument("--stress-key", help="info key of the stress (eV/Å³, ASE sign)")
+    convert.add_argument("--stress-key", help="info key of the stress")
     convert.add_argument("--virial-key", help="info key of a virial (eV)")
+    convert.add_argument("--stress-units", default="eV/A^3", choices=["eV/A^3", "GPa", "kbar"],
+                         help="unit of the stress label (default eV/A^3)")  # fmt: skip
+    convert.add_argument("--stress-convention", default="ase", choices=["ase", "vasp"],
+                         help="ase: tensile positive, Voigt xx yy zz yz xz xy; vasp: compressive "
+                         "positive, Voigt xx yy zz xy yz zx")  # fmt: skip
     convert.add_argument("--group-key", default="mp_id", help="info key of the group id")
     convert.add_argument("--frame-id-key", help="info key of the frame id")
     convert.add_argument(
@@ -54,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("store")
     stats.add_argument("--cutoff", type=float, help="also the mean neighbour count (Å)")
     stats.add_argument("--split", help="restrict to a saved split, as NAME:PART (default:train)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     split = commands.add_parser("split", help="make and save a seeded train/valid(/test) split")
     split.add_argument("store")
@@ -77,6 +83,8 @@ def _convert(args: argparse.Namespace) -> int:
         forces_key=args.forces_key,
         stress_key=args.stress_key,
         virial_key=args.virial_key,
+        stress_units=args.stress_units,
+        stress_convention=args.stress_convention,
         group_key=args.group_key or None,
         frame_id_key=args.frame_id_key,
     )
@@ -119,7 +127,12 @@ def _stats(args: argparse.Namespace) -> int:
         name, _, part = args.split.partition(":")
         indices = load_split(store, name)[part or "train"]
     stats = compute_statistics(store, cutoff=args.cutoff, indices=indices)
-    print(json.dumps(json.loads(stats.to_json()), indent=2))
+    if args.json:
+        print(json.dumps(json.loads(stats.to_json()), indent=2))
+    else:
+        from training.stats_table import format_statistics
+
+        print(format_statistics(stats, args.store + (f" ({args.split})" if args.split else "")))
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from training.errors import InputError, check_writable_dir
+
 __all__ = ["main"]
 
 
@@ -33,12 +35,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(1, f"mlip-export: error: {args.output} exists (use --overwrite)\n")
     if not Path(args.checkpoint).is_file():
         parser.exit(1, f"mlip-export: error: {args.checkpoint}: no such checkpoint\n")
+    check_writable_dir(Path(args.output).resolve().parent, "output folder")
 
     import mlip.export
     from training.checkpoint import load_checkpoint
     from training.trainer import rebuild_model
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        checkpoint["model_config"], checkpoint["config"]  # noqa: B018 - present in every one
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(
+            f"{args.checkpoint}: not a checkpoint written by mlip-train ({detail})"
+        ) from None
     if args.weights == "raw":
         weights = checkpoint["model"]
     elif args.weights == "best" and checkpoint.get("best_model") is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mlip import AtomicGraph
+from training.errors import InputError
 
 __all__ = [
     "DEFAULT_REQUIRED",
@@ -29,7 +30,7 @@ DEFAULT_REQUIRED: tuple[str, ...] = ("energy", "forces")
 _OPTIONAL_LABELS = ("energy", "forces", "stress", "charge", "spin")
 
 
-class InvalidFrameError(ValueError):
+class InvalidFrameError(InputError):
     """A frame that cannot be used: missing label, NaN/inf, wrong shape, unparsable record.
 
     Attributes:

@@ -21,7 +21,8 @@ def _pyplot():
 
 
 def learning_curve(history: list[dict[str, float]], path: str | Path) -> None:
-    """Training loss, validation loss and validation RMSEs against the epoch (log scale)."""
+    """Training loss, validation loss and validation RMSEs against the epoch (log scale); a
+    stress panel when the history has validation stress errors."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     panels = [
@@ -29,6 +30,8 @@ def learning_curve(history: list[dict[str, float]], path: str | Path) -> None:
         ("energy RMSE (eV/atom)", [("valid_energy_rmse", "valid")]),
         ("forces RMSE (eV/Å)", [("valid_forces_rmse", "valid")]),
     ]
+    if any("valid_stress_rmse" in row for row in history):
+        panels.append(("stress RMSE (eV/Å³)", [("valid_stress_rmse", "valid")]))
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for axis, (title, series) in zip(axes, panels):
         for key, label in series:
@@ -47,15 +50,19 @@ def learning_curve(history: list[dict[str, float]], path: str | Path) -> None:
 
 
 def parity_plot(arrays: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
-    """Predicted against reference energy per atom (eV/atom) and force components (eV/Å).
+    """Predicted against reference energy per atom (eV/atom), force components (eV/Å) and,
+    when present, stress components (eV/Å³).
 
     Args:
-        arrays: ``energy_ref``, ``energy_pred`` and optionally ``forces_ref``, ``forces_pred``.
+        arrays: ``energy_ref``, ``energy_pred`` and optionally ``forces_ref``, ``forces_pred``,
+            ``stress_ref``, ``stress_pred``.
     """
     plt = _pyplot()
     pairs = [("energy", "energy / atom (eV)")]
     if arrays.get("forces_ref") is not None and len(arrays["forces_ref"]):
         pairs.append(("forces", "force component (eV/Å)"))
+    if arrays.get("stress_ref") is not None and len(arrays["stress_ref"]):
+        pairs.append(("stress", "stress component (eV/Å³)"))
     figure, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
     for axis, (name, label) in zip(axes[0], pairs):
         reference, prediction = arrays[f"{name}_ref"], arrays[f"{name}_pred"]

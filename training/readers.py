@@ -4,7 +4,9 @@ Formats (``format=`` names):
 
 - ``"ase"``: anything :func:`ase.io.iread` reads (extxyz, xyz, traj, VASP OUTCAR/vasprun ...).
   Labels come from ``atoms.calc`` or from ``atoms.info`` / ``atoms.arrays`` under configurable
-  keys; a virial (eV) becomes stress ``-virial / volume``.
+  keys; a virial (eV) becomes stress ``-virial / volume``. Stress units and sign/Voigt-order
+  conventions are converted by :mod:`training.units` (``ReaderOptions.stress_units`` /
+  ``stress_convention``), and a stress no material has is refused as a likely unit mix-up.
 - ``"asedb"``: an ASE database (SQLite ``.db``, ``.json`` db) through :func:`ase.db.connect`.
 - ``"aselmdb"``: an ASE-LMDB file (``.aselmdb``) or a folder of them (OMol25/OMat24); needs the
   ``omol`` extra (``lmdb`` + ``ase-db-backends``). Charge and spin are kept.
@@ -27,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import units
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 
+from training.errors import DataError
 from training.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
+from training.units import MAX_STRESS, check_stress_magnitude, stress_to_ase, virial_to_stress
 
 __all__ = [
     "FORMATS",
@@ -56,10 +59,14 @@ class ReaderOptions:
             (``"uncorrected_total_energy"`` by default, or ``"corrected_total_energy"``).
         forces_key: ASE: ``atoms.arrays`` key of the forces (None: calc, then
             ``arrays["forces"]``).
-        stress_key: ASE: ``atoms.info`` key of the stress, eV/Å³ ASE sign, Voigt-6 or 3x3
-            (None: calc, then ``info["stress"]``).
+        stress_key: ASE: ``atoms.info`` key of the stress, Voigt-6, 9 or 3x3 values in
+            ``stress_units`` and ``stress_convention`` (None: calc, then ``info["stress"]``).
         virial_key: ASE: ``atoms.info`` key of a virial in eV (3x3, 9 or Voigt-6); used only when
             no stress is found: stress = -virial / volume.
+        stress_units: unit of the stress label: ``eV/A^3``, ``GPa`` or ``kbar``.
+        stress_convention: ``ase`` (tensile positive, Voigt xx yy zz yz xz xy) or ``vasp``
+            (compressive positive, Voigt xx yy zz xy yz zx); for a virial only the Voigt order.
+        max_stress: largest accepted |stress component| after conversion, eV/Å³.
         charge_key: key of the total charge in ``info`` / db ``data``.
         spin_key: key of the spin multiplicity in ``info`` / db ``data``.
         group_key: ``info`` / db key of the group id (e.g. ``"mp_id"``); "" when absent.
@@ -71,6 +78,9 @@ class ReaderOptions:
     forces_key: str | None = None
     stress_key: str | None = None
     virial_key: str | None = None
+    stress_units: str = "eV/A^3"
+    stress_convention: str = "ase"
+    max_stress: float = MAX_STRESS
     charge_key: str = "charge"
     spin_key: str = "spin"
     group_key: str | None = "mp_id"
@@ -114,6 +124,7 @@ def iter_raw(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        DataError: ``path`` is an empty file.
         ImportError: an ``.aselmdb`` input without the ``omol`` extra.
     """
     path = Path(path)
@@ -121,6 +132,8 @@ def iter_raw(
         raise FileNotFoundError(f"dataset input not found: {path}")
     format = format or detect_format(path)
     options = options or ReaderOptions()
+    if format == "ase" and path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file, no structures")
     if format == "ase":
         return _iter_ase_file(path, options, start)
     if format == "asedb":
@@ -196,22 +209,24 @@ def read_frames(
 
 
 # ----------------------------------------------------------------------------- ASE files
-def _stress_from_virial(virial: Any, cell: np.ndarray | None) -> np.ndarray:
-    array = np.asarray(virial, dtype=np.float64)
-    if array.shape == (9,):
-        array = array.reshape(3, 3)
-    elif array.shape == (6,):
-        from ase.stress import voigt_6_to_full_3x3_stress
+class _BadLabel(ValueError):
+    """A label that was read but cannot be right (e.g. a stress in the wrong unit)."""
 
-        array = voigt_6_to_full_3x3_stress(array)
-    if array.shape != (3, 3):
-        raise ValueError(f"virial must be 3x3, 9 or 6 values, got shape {array.shape}")
-    if cell is None:
-        raise ValueError("virial given but the frame has no cell")
-    volume = abs(float(np.linalg.det(cell)))
-    if volume == 0.0:
-        raise ValueError("virial given but the cell has zero volume")
-    return -array / volume
+    def __init__(self, field: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field, self.reason, self.detail = field, reason, detail
+
+    def at(self, source: str, index: int | None, frame_id: str) -> InvalidFrameError:
+        return InvalidFrameError(source, index, frame_id, self.field, self.reason, self.detail)
+
+
+def _checked_stress(stress: np.ndarray, options: ReaderOptions, origin: str) -> np.ndarray:
+    problem = check_stress_magnitude(
+        stress, options.stress_units, options.stress_convention, origin, options.max_stress
+    )
+    if problem:
+        raise _BadLabel("stress", "implausible stress", problem)
+    return stress
 
 
 def _labels_from_atoms(atoms: Any, info: dict[str, Any], options: ReaderOptions) -> dict:
@@ -232,11 +247,15 @@ def _labels_from_atoms(atoms: Any, info: dict[str, Any], options: ReaderOptions)
         stress = info.get(options.stress_key, results.get(options.stress_key))
     else:
         stress = results.get("stress", info.get("stress"))
-    if stress is None:
+    if stress is not None:
+        stress = stress_to_ase(stress, options.stress_units, options.stress_convention)
+        stress = _checked_stress(stress, options, "stress")
+    else:
         virial = info.get(options.virial_key or "virial", results.get("virial"))
         if virial is not None:
             cell = atoms.cell.array if atoms.cell.rank == 3 else None
-            stress = _stress_from_virial(virial, cell)
+            stress = virial_to_stress(virial, cell, options.stress_convention)
+            stress = _checked_stress(stress, options, "virial")
     labels["stress"] = stress
     for name, key in (("charge", options.charge_key), ("spin", options.spin_key)):
         value = info.get(key)
@@ -279,11 +298,25 @@ def _iter_ase_file(
     import ase.io
 
     source = str(path)
-    for index, atoms in enumerate(ase.io.iread(source, index=f"{start}:"), start=start):
+    records = ase.io.iread(source, index=f"{start}:")
+    index = start
+    while True:
+        try:
+            atoms = next(records)
+        except StopIteration:
+            return
+        except Exception as exc:  # ASE's parsers raise many types on a truncated/corrupt file
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise InvalidFrameError(
+                source, index, "", "record", "truncated or unreadable", detail
+            ) from None
         try:
             yield _frame_from_atoms(atoms, dict(atoms.info), options, source, str(index))
+        except _BadLabel as exc:
+            yield exc.at(source, index, str(index))
         except (ValueError, TypeError, KeyError) as exc:
             yield InvalidFrameError(source, index, str(index), "record", "unreadable", str(exc))
+        index += 1
 
 
 # ----------------------------------------------------------------------------- ASE databases
@@ -307,6 +340,8 @@ def _iter_db_rows(db: Any, source: str, options: ReaderOptions, start: int) -> I
             atoms = row.toatoms()
             info = _row_info(row, atoms)
             yield _frame_from_atoms(atoms, info, options, source, str(row.id))
+        except _BadLabel as exc:
+            yield exc.at(source, index, str(row.id))
         except (ValueError, TypeError, KeyError) as exc:
             yield InvalidFrameError(source, index, "", "record", "unreadable", str(exc))
 
@@ -449,10 +484,11 @@ def _mptrj_frame(
         else:
             positions[i] = np.asarray(site["abc"], dtype=np.float64) @ matrix
     energy_key = options.energy_key or "uncorrected_total_energy"
-    stress_kbar = record.get("stress")
+    stress_kbar = record.get("stress")  # MPTrj: 3x3 kBar, VASP sign, whatever the options say
     stress = None
     if stress_kbar is not None:
-        stress = -0.1 * units.GPa * np.asarray(stress_kbar, dtype=np.float64)
+        stress = stress_to_ase(stress_kbar, "kbar", "vasp")
+        stress = _checked_stress(stress, options, "stress")
     return Frame(
         positions=positions,
         atomic_numbers=numbers,
@@ -492,6 +528,8 @@ def _iter_mptrj(
                         if index >= start:
                             try:
                                 yield _mptrj_frame(record, options, source, group, frame_id)
+                            except _BadLabel as exc:
+                                yield exc.at(source, index, str(frame_id))
                             except (KeyError, ValueError, TypeError, IndexError) as exc:
                                 detail = f"{type(exc).__name__}: {exc}"
                                 yield InvalidFrameError(

@@ -599,6 +599,10 @@ class Statistics:
         force_rms: RMS of force components over atoms with forces (eV/Å).
         cutoff: the cutoff of ``mean_neighbors`` (Å), or None.
         mean_neighbors: mean number of neighbours per atom within ``cutoff``, or None.
+        n_energy_frames: frames with an energy (the reference-energy fit's rows), or None.
+        composition_rank: number of linearly independent compositions among them; reference
+            energies are under-determined when it is below the number of elements. None in
+            caches written before it existed.
     """
 
     n_frames: int
@@ -610,6 +614,8 @@ class Statistics:
     force_rms: float
     cutoff: float | None = None
     mean_neighbors: float | None = None
+    n_energy_frames: int | None = None
+    composition_rank: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -738,6 +744,8 @@ def compute_statistics(
             / max(n_energy_atoms / max(n_energy_frames, 1), 1.0)
         ),
         force_rms=float(np.sqrt(force_sq / max(3 * n_force_atoms, 1))),
+        n_energy_frames=int(n_energy_frames),
+        composition_rank=int(np.linalg.matrix_rank(gram[np.ix_(present, present)])),
     )
     if cache:
         _try_write_attr(store, "statistics", key, stats.to_json())

@@ -39,6 +39,9 @@ from training.checkpoint import (
 )
 from training.config import Config, config_from_dict, config_to_dict
 from training.ema import EMA
+from training.errors import DataError
+from training.label_checks import check_training_set
+from training.log_format import format_metrics, make_progress
 from training.loss import (
     LossCounts,
     LossWeights,
@@ -150,6 +153,9 @@ def load_graphs(path: str, config: Config, required: Sequence[str] = ("energy",)
         forces_key=data.forces_key,
         stress_key=data.stress_key,
         virial_key=data.virial_key,
+        stress_units=data.stress_units,
+        stress_convention=data.stress_convention,
+        max_stress=data.max_stress,
     )
     report = SkipReport()
     frames = read_frames(
@@ -165,7 +171,8 @@ def load_graphs(path: str, config: Config, required: Sequence[str] = ("energy",)
     if data.max_structures is not None:
         frames = frames[: data.max_structures]
     if not frames:
-        raise ValueError(f"{path}: no usable structures")
+        reason = f"all {report.total} skipped ({report})" if report.total else "empty file?"
+        raise DataError(f"{path}: no usable structures ({reason})")
     return GraphSet([frame.to_graph(config.model.cutoff) for frame in frames], str(path))
 
 
@@ -357,13 +364,14 @@ def evaluate(
     """MAE/RMSE of ``model`` (an energy model, eval mode) on ``dataset[indices]``.
 
     Returns the metrics (summed over ranks when ``reduce``) and, with ``collect``, arrays for
-    parity plots: ``energy_ref``/``energy_pred`` (eV/atom), ``forces_ref``/``forces_pred``.
+    parity plots: ``energy_ref``/``energy_pred`` (eV/atom), ``forces_ref``/``forces_pred``
+    (eV/Å), ``stress_ref``/``stress_pred`` (eV/Å³; empty when no batch has stress).
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     wrappers = {flag: _force_stress(model, flag).eval() for flag in (False, True)}
     metrics = ErrorMetrics()
     parity: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("energy_ref", "energy_pred", "forces_ref", "forces_pred")
+        f"{q}_{kind}": [] for q in ("energy", "forces", "stress") for kind in ("ref", "pred")
     }
     for batch in _fixed_batches(dataset, config, indices):
         graph = AtomicGraph.batch([dataset.graphs[i] for i in batch]).to(device)
@@ -378,6 +386,9 @@ def evaluate(
             if graph.forces is not None:
                 parity["forces_ref"].append(graph.forces.cpu().numpy().ravel())
                 parity["forces_pred"].append(predictions["forces"].cpu().numpy().ravel())
+            if graph.stress is not None and "stress" in predictions:
+                parity["stress_ref"].append(graph.stress.cpu().numpy().ravel())
+                parity["stress_pred"].append(predictions["stress"].cpu().numpy().ravel())
     if reduce:
         metrics.all_reduce()
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
@@ -420,14 +431,17 @@ def _load_data(config: Config) -> _Data:
     else:
         n_valid = max(1, int(round(data.valid * len(train_set))))
         if n_valid >= len(train_set):
-            raise ValueError(
-                f"data.valid={data.valid} leaves no training data of {len(train_set)} structures"
+            raise DataError(
+                f"data.train: {data.train} has {len(train_set)} structure(s); holding out "
+                f"data.valid={data.valid} of them leaves none to train on. Give a separate "
+                "validation file as data.valid, or more training structures"
             )
         generator = torch.Generator().manual_seed(config.train.seed)
         order = torch.randperm(len(train_set), generator=generator).tolist()
         valid_set = train_set.subset(sorted(order[:n_valid]), f"{data.train} (valid split)")
         train_set = train_set.subset(sorted(order[n_valid:]))
     test_set = load_graphs(data.test, config) if data.test else None
+    check_training_set(train_set.graphs, config, str(data.train))
     return _Data(train_set, valid_set, test_set)
 
 
@@ -628,15 +642,7 @@ def _train(
                 best_loss, bad_epochs = math.inf, 0
         batches = _epoch_batches(train_set, config, epoch)
         if info.is_main and cfg.progress_bar:
-            from tqdm import tqdm
-
-            progress_bar = tqdm(
-                total=len(batches),
-                initial=batches_done,
-                desc=f"epoch {epoch}",
-                leave=False,
-                dynamic_ncols=True,
-            )
+            progress_bar = make_progress(len(batches), batches_done, f"epoch {epoch}")
         tick, structures_seen = time.monotonic(), 0
         for batch in batches[batches_done:]:
             if out_of_time():
@@ -715,10 +721,10 @@ def _train(
             bad_epochs += 1
         if info.is_main:
             log.info(
-                "epoch %d: train_loss %.4g valid %s",
+                "epoch %d: train loss %.4g; valid %s",
                 epoch,
                 row["train_loss"],
-                " ".join(f"{k}={v:.4g}" for k, v in valid_metrics.items()),
+                format_metrics(valid_metrics),
             )
         epoch += 1
         batches_done = 0
