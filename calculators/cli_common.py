@@ -34,6 +34,7 @@ from mlip.cli import (
     check_head,
     check_not_inputs,
     check_outputs,
+    model_error_message,
     one_line,
     run_cli,
 )
@@ -369,7 +370,8 @@ def evaluate_energy(atoms: Atoms, label: str) -> float:
     """Potential energy of ``atoms`` (eV), turning "model cannot handle this" into a CLIError.
 
     The calculator contract is that an element the model does not know raises a
-    ``ValueError`` naming the model's species; that message is passed on.
+    ``ValueError`` naming the model's species; that message is passed on, as is that of a
+    ``ValueError`` raised inside the TorchScript model (a charge outside its range).
 
     Args:
         atoms: Structure with a calculator attached.
@@ -379,6 +381,11 @@ def evaluate_energy(atoms: Atoms, label: str) -> float:
         energy = float(atoms.get_potential_energy())
     except (ValueError, NotImplementedError) as exc:
         raise CLIError(f"{label}: {exc}") from exc
+    except Exception as exc:  # a ValueError raised inside the TorchScript model
+        message = model_error_message(exc)
+        if message is None:
+            raise
+        raise CLIError(f"{label}: {message}") from None
     if not np.isfinite(energy):
         raise CLIError(f"{label}: the model returned a non-finite energy")
     return energy

@@ -4,7 +4,8 @@ and the ``--charge``/``--spin``/``--head`` flags of the commands that run a mode
 A command's body raises :class:`CLIError` for anything a user can get wrong; :func:`run_cli`
 prints it as one line ``PROG: error: MESSAGE`` on stderr (no traceback) and returns its exit
 status. File-system errors (a missing directory, no permission, a full disk) and ``ValueError``
-from the library (a bad model file, overlapping atoms) get the same one-line treatment, so
+from the library (a bad model file, overlapping atoms) or raised inside a TorchScript model (a
+charge outside the model's range) get the same one-line treatment, so
 bodies do not need a ``try``/``except`` around every call. ``MLIP_TRACEBACK=1`` re-raises them
 with the traceback, for debugging.
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_head",
     "check_not_inputs",
     "check_outputs",
+    "model_error_message",
     "one_line",
     "run_cli",
 ]
@@ -111,6 +113,27 @@ def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str]
         return EXIT_ERROR
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except Exception as exc:
+        message = model_error_message(exc)
+        if message is None or debug:
+            raise
+        print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def model_error_message(exc: BaseException) -> str | None:
+    """The message of a ``ValueError`` raised inside a TorchScript model, else None.
+
+    TorchScript wraps it in ``torch.jit.Error`` with both tracebacks in the text (e.g. a total
+    charge outside the range of the model's charge table); its last line holds the message.
+    """
+    import torch
+
+    if not isinstance(exc, torch.jit.Error):
+        return None
+    lines = str(exc).strip().splitlines()
+    prefix = "builtins.ValueError: "
+    return lines[-1][len(prefix) :] if lines and lines[-1].startswith(prefix) else None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -349,15 +372,24 @@ class StateFlags:
             elif event == "replaced":
                 lines.append(
                     f"{flag} replaces a different {names[key]} in {count} structure(s) "
-                    f"(first: {where}, which has {own})"
+                    f"(first: {where}, which has {_as_text(own)})"
                 )
             else:
                 lines.append(
                     f"{flag} is not applied to {count} structure(s) with their own {names[key]} "
-                    f"(first: {where}, which has {own}); each keeps its own"
+                    f"(first: {where}, which has {_as_text(own)}); each keeps its own"
                 )
         self._events.clear()
         return lines
+
+
+def _as_text(value: Any) -> str:
+    """``1.0`` as ``1`` (readers store integers as floats), anything else as is."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return str(int(number)) if number.is_integer() else str(value)
 
 
 def _same_number(value: Any, number: int) -> bool:

@@ -173,3 +173,13 @@ def test_flags_for_a_model_without_them_are_an_error(
     (line,) = _stderr_lines(capsys, prog)
     assert message in line
     assert main(base(plain_model_file) + ["--overwrite"] * (prog != "mlip-eval")) == 0
+
+
+@pytest.mark.parametrize("prog", sorted(COMMANDS))
+def test_charge_outside_the_model_range_is_one_line(prog, model_file, workdir, capsys):
+    """The model's own check (raised inside TorchScript) reaches the user as one line."""
+    main, base = COMMANDS[prog]
+    assert main([*base(model_file), "--charge", "-12", "--spin", "1"]) == 1
+    lines = _stderr_lines(capsys, prog)
+    assert lines[-1].startswith(f"{prog}: error: water.extxyz")
+    assert "charge must be an integer in [-10, 10] for this model, got -12" in lines[-1]

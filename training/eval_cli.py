@@ -41,6 +41,7 @@ from mlip.cli import (
     check_head,
     check_not_inputs,
     check_outputs,
+    model_error_message,
     run_cli,
 )
 
@@ -394,22 +395,28 @@ def _run(argv: Sequence[str]) -> int:
     n_skipped = 0
     plots = _plot_paths(args.plot, args.data)
     for index, path in enumerate(args.data):
-        evaluation = evaluate_file(
-            module,
-            cutoff,
-            path,
-            data_format=args.format,
-            batch_size=args.batch_size,
-            device=args.device,
-            energy_key=args.energy_key,
-            forces_key=args.forces_key,
-            stress_key=args.stress_key,
-            species=species,
-            group_by=args.group_by,
-            predictions=args.output is not None,
-            state=state,
-            head=None if args.head is None else heads.index(args.head),
-        )
+        try:
+            evaluation = evaluate_file(
+                module,
+                cutoff,
+                path,
+                data_format=args.format,
+                batch_size=args.batch_size,
+                device=args.device,
+                energy_key=args.energy_key,
+                forces_key=args.forces_key,
+                stress_key=args.stress_key,
+                species=species,
+                group_by=args.group_by,
+                predictions=args.output is not None,
+                state=state,
+                head=None if args.head is None else heads.index(args.head),
+            )
+        except Exception as exc:  # a ValueError raised inside the TorchScript model
+            message = model_error_message(exc)
+            if message is None:
+                raise
+            raise CLIError(f"{path}: {message}") from None
         for message in state.pop_warnings():
             print(f"{PROG}: warning: {message}", file=sys.stderr)
         for message in evaluation.skipped:
