@@ -94,9 +94,16 @@ def _ase_infos(path: str, data_format: str | None) -> list[dict[str, Any]]:
 
 
 def _prediction_atoms(
-    frame: Any, index: int, info: dict[str, Any], predicted: dict[str, np.ndarray]
+    frame: Any,
+    index: int,
+    info: dict[str, Any],
+    predicted: dict[str, np.ndarray],
+    record_state: bool = False,
 ) -> Any:
-    """The frame as ``Atoms`` with predicted labels on its calculator, references as REF_*."""
+    """The frame as ``Atoms`` with predicted labels on its calculator, references as REF_*.
+
+    With ``record_state``, ``info["charge"]``/``["spin"]`` hold the state the model was given.
+    """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
@@ -110,9 +117,8 @@ def _prediction_atoms(
     atoms.info.update({k: v for k, v in info.items() if k not in _LABEL_KEYS})
     atoms.info["source_file"] = frame.source
     atoms.info["source_frame"] = index
-    for key in ("charge", "spin"):  # the state the model was given
-        if getattr(frame, key) is not None:
-            atoms.info[key] = int(round(getattr(frame, key)))
+    if record_state:
+        atoms.info["charge"], atoms.info["spin"] = int(frame.charge), int(frame.spin)
     if frame.energy is not None:
         atoms.info["REF_energy"] = float(frame.energy)
     if frame.forces is not None:
@@ -264,7 +270,10 @@ def evaluate_file(
             if predictions:
                 arrays = {k: v.to("cpu", torch.float64).numpy() for k, v in own.items()}
                 arrays = {k: v[0] if k != "forces" else v for k, v in arrays.items()}
-                result.predictions.append(_prediction_atoms(frame, index, infos[index], arrays))
+                record_state = state is not None and state.used
+                result.predictions.append(
+                    _prediction_atoms(frame, index, infos[index], arrays, record_state)
+                )
     result.metrics = metrics.compute()
     result.arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
     result.groups = {
