@@ -1,10 +1,11 @@
 """Export a model as one TorchScript file with its metadata, and load it back.
 
 The file is a TorchScript archive whose ``_extra_files`` hold ``mlip.json``: the format version,
-package versions, cutoff (Å), species, model dtype, units, outputs, stress convention, the
-per-structure inputs the model requires (``inputs``, e.g. ``["charge", "spin"]``), its
-level-of-theory ``heads`` (names; the ``head`` input is an index into them), the model's
-hyperparameters and training information. The scripted module is a
+package versions, cutoff (Å), number of interactions and receptive field (interactions x
+cutoff, Å: the ghost-atom shell LAMMPS needs), species, model dtype, units, outputs, stress
+convention, the per-structure inputs the model requires (``inputs``, e.g. ``["charge",
+"spin"]``), its level-of-theory ``heads`` (names; the ``head`` input is an index into them), the
+model's hyperparameters and training information. The scripted module is a
 :class:`mlip.derivatives.ForceStress` around the energy model, computing energy, per-atom
 energies, forces and (for 3-D periodic structures, when its ``compute_stress`` attribute is
 True) stress. It runs with ``torch`` alone: neither ``mlip`` nor ``e3nn`` is needed to load it.
@@ -75,11 +76,16 @@ def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
     """The JSON record stored beside the scripted model."""
     energy_model = _energy_model(model)
     numbers = [int(z) for z in energy_model.species]
+    # message-passing steps: an atom's energy depends on atoms up to this many cutoffs away
+    # (LAMMPS needs it for the ghost-atom shell of each MPI rank)
+    interactions = int(energy_model.config["num_layers"])
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
         "cutoff": float(energy_model.cutoff),
+        "num_interactions": interactions,
+        "receptive_field": interactions * float(energy_model.cutoff),
         "atomic_numbers": numbers,
         "species": [chemical_symbols[z] for z in numbers],
         "model_dtype": str(energy_model.model_dtype).replace("torch.", ""),

@@ -53,6 +53,8 @@ def test_round_trip_matches_eager(tmp_path: Path, dtype: torch.dtype, rtol: floa
     assert metadata["units"]["energy"] == "eV" and "ASE sign" in metadata["stress_convention"]
     assert metadata["info"] == {"dataset": "unit test", "metrics": {"f_rmse": 0.1}}
     assert set(metadata["versions"]) == {"mlip", "torch", "e3nn"}
+    assert metadata["receptive_field"] == metadata["num_interactions"] * CUTOFF
+    assert metadata["num_interactions"] == model.config["num_layers"]
     assert build_model(**metadata["model_config"]).config == model.config
 
     eager = ForceStress(model, compute_forces=True, compute_stress=True)

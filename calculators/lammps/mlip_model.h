@@ -1,0 +1,58 @@
+// Torch side of pair_style mlip, behind an interface with neither LAMMPS nor torch types:
+// LAMMPS bundles fmt 10 and torch fmt 12, so the two never meet in one translation unit.
+#ifndef MLIP_LAMMPS_MODEL_H
+#define MLIP_LAMMPS_MODEL_H
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mlip_lammps {
+
+// What the exported file's metadata (mlip.json) says about the model.
+struct ModelInfo {
+  double cutoff = 0.0;             // Å, edge cutoff
+  int num_interactions = 0;        // message-passing steps
+  double receptive_field = 0.0;    // Å, num_interactions * cutoff
+  std::vector<int> atomic_numbers; // elements the model knows, in model order
+  std::string dtype;               // "float32" or "float64"
+};
+
+// One evaluation on nall = nlocal + nghost atoms; every output is float64.
+struct Evaluation {
+  double energy = 0.0;          // eV, sum over the nlocal owned atoms
+  std::vector<double> forces;   // (nall, 3) eV/Å, -dE/dx for owned and ghost atoms
+  std::vector<double> energies; // (nlocal,) eV per owned atom
+  double virial[6] = {0, 0, 0, 0, 0, 0};  // eV, xx yy zz xy xz yz, from per-edge forces
+  std::vector<double> atom_virial;        // (nall, 6) eV, half of each edge to each end
+};
+
+class Model {
+ public:
+  // Loads an exported mlip file; throws std::runtime_error with a one-line message naming
+  // the file and the problem (missing, corrupt, foreign, too new, device unavailable).
+  Model(const std::string &path, const std::string &device, int threads);
+  ~Model();
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+
+  const ModelInfo &info() const;
+
+  // positions (nall, 3) Å; atomic_numbers (nall,); edges as receivers and senders (indices
+  // into the nall atoms) and shifts (E, 3) Å, flattened: the edge vector is
+  // positions[sender] - positions[receiver] + shift (non-zero where the sender stands for a
+  // periodic image of itself). Throws std::runtime_error on failure.
+  void evaluate(int nlocal, int nall, const double *positions, const int64_t *atomic_numbers,
+                const std::vector<int64_t> &receivers, const std::vector<int64_t> &senders,
+                const std::vector<double> &shifts, bool want_virial, bool want_atom_virial,
+                Evaluation &out);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mlip_lammps
+
+#endif
