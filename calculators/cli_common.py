@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,13 @@ from mlip.cli import (
     EXIT_OK,
     ArgumentParser,
     CLIError,
+    StateFlags,
+    add_state_arguments,
     check_device,
+    check_head,
     check_not_inputs,
     check_outputs,
+    model_error_message,
     one_line,
     run_cli,
 )
@@ -43,6 +47,7 @@ __all__ = [
     "CLIError",
     "InputStructure",
     "add_common_arguments",
+    "apply_state_flags",
     "check_not_inputs",
     "check_outputs",
     "evaluate_energy",
@@ -61,7 +66,11 @@ _STRUCTURE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".cif": "cif"}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--device`` and ``--overwrite`` to ``parser``."""
+    """Add ``--model``, ``--device``, ``--overwrite``, ``--charge``, ``--spin``, ``--head``.
+
+    ``--charge``/``--spin`` replace the file's values of every structure
+    (:func:`apply_state_flags`); ``--head`` goes to :func:`make_calculator`.
+    """
     parser.add_argument(
         "--model",
         metavar="PATH",
@@ -77,6 +86,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace output files that already exist"
     )
+    add_state_arguments(parser, override=True)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -265,20 +275,21 @@ def write_structures(path: str | Path, frames: Sequence[Atoms], fmt: str) -> Non
 # ---------------------------------------------------------------------------- model
 
 
-def make_calculator(model: str | None, device: str) -> Calculator:
-    """Build the ASE calculator for ``--model``/``--device``.
+def make_calculator(model: str | None, device: str, head: str | None = None) -> Calculator:
+    """Build the ASE calculator for ``--model``/``--device``/``--head``.
 
     Args:
         model: Path to an exported model file, or ``None`` for the built-in default
             model (:func:`calculators.defaults.default_model_path`).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        head: Level-of-theory head of a model with heads (None: its first head).
 
     Returns:
         A ``calculators.MLIPCalculator``.
 
     Raises:
-        CLIError: The model file is missing or cannot be loaded, or the device is
-            not available.
+        CLIError: The model file is missing or cannot be loaded, the device is not
+            available, or ``head`` is not one of the model's heads (the message lists them).
     """
     from calculators.defaults import default_model_path
 
@@ -296,17 +307,71 @@ def make_calculator(model: str | None, device: str) -> Calculator:
         from calculators import MLIPCalculator  # type: ignore[attr-defined]
     except ImportError as exc:
         raise CLIError("calculators.MLIPCalculator is not available in this installation") from exc
+    from mlip.export import read_metadata
+
     try:
-        return MLIPCalculator(str(path), device=device)
+        heads = read_metadata(path)["heads"]
+    except ValueError as exc:  # ModelFileError names the file
+        raise CLIError(f"cannot load model {path}: {exc}") from exc
+    check_head(head, heads, path)
+    try:
+        return MLIPCalculator(str(path), device=device, head=head)
     except Exception as exc:  # torch raises RuntimeError, metadata checks ValueError
         raise CLIError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def apply_state_flags(
+    args: argparse.Namespace,
+    structures: Sequence[InputStructure],
+    calc: Calculator,
+    warn: Callable[[str], None],
+) -> None:
+    """Set ``atoms.info["charge"]``/``["spin"]`` of every structure to what the model gets.
+
+    For a model that takes the total charge and spin (``calc.inputs``), ``--charge``/``--spin``
+    replace the file's values (a different value in the file is reported through ``warn``),
+    structures with neither get 0 and 1 (also reported); the result is written to ``info``,
+    so output files record the state used. Structures without atoms are left to the
+    command's own checks.
+
+    Args:
+        args: Parsed arguments with ``charge``, ``spin`` and ``model``.
+        structures: The inputs; their ``atoms.info`` is updated in place.
+        calc: The calculator from :func:`make_calculator` (``inputs``: the model's inputs).
+        warn: Prints one warning line.
+
+    Raises:
+        CLIError: A flag for a model that takes no charge or spin, or a multiplicity that is
+            impossible for a structure's electron count (naming the structure, the charge
+            and the multiplicity).
+    """
+    flags = StateFlags(
+        args.charge,
+        args.spin,
+        inputs=getattr(calc, "inputs", []),
+        model=args.model or "(built-in demo model)",
+        override=True,
+    )
+    for item in structures:
+        if len(item.atoms) == 0:
+            continue
+        label = f"{item.path} (frame {item.frame})"
+        try:
+            state = flags.resolve(item.atoms.numbers, item.atoms.info, label)
+        except ValueError as exc:
+            raise CLIError(f"{label}: {exc}") from None
+        if state is not None:
+            item.atoms.info["charge"], item.atoms.info["spin"] = state
+    for line in flags.pop_warnings():
+        warn(line)
 
 
 def evaluate_energy(atoms: Atoms, label: str) -> float:
     """Potential energy of ``atoms`` (eV), turning "model cannot handle this" into a CLIError.
 
     The calculator contract is that an element the model does not know raises a
-    ``ValueError`` naming the model's species; that message is passed on.
+    ``ValueError`` naming the model's species; that message is passed on, as is that of a
+    ``ValueError`` raised inside the TorchScript model (a charge outside its range).
 
     Args:
         atoms: Structure with a calculator attached.
@@ -316,6 +381,11 @@ def evaluate_energy(atoms: Atoms, label: str) -> float:
         energy = float(atoms.get_potential_energy())
     except (ValueError, NotImplementedError) as exc:
         raise CLIError(f"{label}: {exc}") from exc
+    except Exception as exc:  # a ValueError raised inside the TorchScript model
+        message = model_error_message(exc)
+        if message is None:
+            raise
+        raise CLIError(f"{label}: {message}") from None
     if not np.isfinite(energy):
         raise CLIError(f"{label}: the model returned a non-finite energy")
     return energy

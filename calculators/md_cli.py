@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -404,6 +405,10 @@ def plot_log(columns: Sequence[str], rows: Sequence[Sequence[float]], path: str 
     fig.savefig(path, dpi=100)
 
 
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {cli_common.one_line(message)}", file=sys.stderr, flush=True)
+
+
 def _run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     cli_common.structure_format(args.output, allowed=(".extxyz", ".xyz"))
@@ -429,7 +434,8 @@ def _run(argv: Sequence[str]) -> int:
     cli_common.check_not_inputs(outputs, [structures[0].path])
     cli_common.check_outputs(outputs, args.overwrite)
 
-    atoms.calc = cli_common.make_calculator(args.model, args.device)
+    atoms.calc = cli_common.make_calculator(args.model, args.device, args.head)
+    cli_common.apply_state_flags(args, structures, atoms.calc, _warn)
     cli_common.evaluate_energy(atoms, label)
 
     rng = np.random.default_rng(args.seed)

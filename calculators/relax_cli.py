@@ -392,7 +392,8 @@ def _run(argv: Sequence[str]) -> int:
     cli_common.check_not_inputs(outputs, [item.path for item in structures])
     cli_common.check_outputs(outputs, args.overwrite)
 
-    calc = cli_common.make_calculator(args.model, args.device)
+    calc = cli_common.make_calculator(args.model, args.device, args.head)
+    cli_common.apply_state_flags(args, structures, calc, _warn)
     usable, skipped = _initial_energies(structures, calc)  # before any relaxation
     if not usable:
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
@@ -410,6 +411,9 @@ def _run(argv: Sequence[str]) -> int:
         "pressure_GPa": pressure,
         "fix_symmetry": args.fix_symmetry,
         "model": args.model,
+        "charge": args.charge,
+        "spin": args.spin,
+        "head": getattr(calc, "head", None),
         "output": args.output,
     }
     writer = _ResultWriter(args.output, out_format, args.summary, settings)

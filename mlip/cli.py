@@ -1,11 +1,19 @@
-"""Shared command-line pieces: the one top-level error handler, output checks, argparse.
+"""Shared command-line pieces: the one top-level error handler, output checks, argparse,
+and the ``--charge``/``--spin``/``--head`` flags of the commands that run a model.
 
 A command's body raises :class:`CLIError` for anything a user can get wrong; :func:`run_cli`
 prints it as one line ``PROG: error: MESSAGE`` on stderr (no traceback) and returns its exit
 status. File-system errors (a missing directory, no permission, a full disk) and ``ValueError``
-from the library (a bad model file, overlapping atoms) get the same one-line treatment, so
+from the library (a bad model file, overlapping atoms) or raised inside a TorchScript model (a
+charge outside the model's range) get the same one-line treatment, so
 bodies do not need a ``try``/``except`` around every call. ``MLIP_TRACEBACK=1`` re-raises them
 with the traceback, for debugging.
+
+``--charge``/``--spin``/``--head`` (:func:`add_state_arguments`, :func:`check_head`,
+:class:`StateFlags`) are shared by ``mlip-relax``, ``mlip-md`` and ``mlip-eval``: flags given for
+a model that does not take them are an error, an unknown head is an error listing the model's
+heads, and an impossible multiplicity is an error naming the charge and the multiplicity
+(:func:`mlip.electronic.check_multiplicity`).
 
 It lives in ``mlip`` because both ``calculators`` and ``training`` use it and neither may import
 the other.
@@ -16,8 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from mlip import keys
+from mlip.electronic import DEFAULT_CHARGE, DEFAULT_SPIN, charge_and_spin
 
 __all__ = [
     "EXIT_ERROR",
@@ -26,9 +38,13 @@ __all__ = [
     "ArgumentParser",
     "CLIError",
     "Interrupted",
+    "StateFlags",
+    "add_state_arguments",
     "check_device",
+    "check_head",
     "check_not_inputs",
     "check_outputs",
+    "model_error_message",
     "one_line",
     "run_cli",
 ]
@@ -131,6 +147,27 @@ def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str]
         return int(getattr(exc, "exit_code", EXIT_ERROR))
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except Exception as exc:
+        message = model_error_message(exc)
+        if message is None or debug:
+            raise
+        print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def model_error_message(exc: BaseException) -> str | None:
+    """The message of a ``ValueError`` raised inside a TorchScript model, else None.
+
+    TorchScript wraps it in ``torch.jit.Error`` with both tracebacks in the text (e.g. a total
+    charge outside the range of the model's charge table); its last line holds the message.
+    """
+    import torch
+
+    if not isinstance(exc, torch.jit.Error):
+        return None
+    lines = str(exc).strip().splitlines()
+    prefix = "builtins.ValueError: "
+    return lines[-1][len(prefix) :] if lines and lines[-1].startswith(prefix) else None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -203,3 +240,194 @@ def check_device(device: str) -> None:
 
         if not torch.cuda.is_available():
             raise CLIError(f"device {device!r} requested but CUDA is not available")
+
+
+# ------------------------------------------------- electronic state and level of theory
+
+
+def add_state_arguments(parser: argparse.ArgumentParser, *, override: bool) -> None:
+    """Add ``--charge``, ``--spin`` and ``--head`` (see :class:`StateFlags`).
+
+    Args:
+        parser: The command's parser.
+        override: The command applies ``--charge``/``--spin`` to every structure, replacing
+            the file's values (``mlip-relax``, ``mlip-md``), rather than only to structures
+            without them (``mlip-eval``, whose frames keep their own states).
+    """
+    scope = (
+        "every input structure (replaces atoms.info['{key}'] of the file, with a warning "
+        "when that differs)"
+        if override
+        else "frames without atoms.info['{key}'] (a frame's own value is used as-is)"
+    )
+    group = parser.add_argument_group(
+        "electronic state and level of theory",
+        "for models exported with model.charge_spin (metadata 'inputs') or with heads "
+        "(metadata 'heads'); refused for other models",
+    )
+    group.add_argument(
+        "--charge",
+        type=int,
+        default=None,
+        metavar="INT",
+        help=f"total charge in e of {scope.format(key='charge')}; default: the file's "
+        f"value, else {DEFAULT_CHARGE} with a warning",
+    )
+    group.add_argument(
+        "--spin",
+        type=int,
+        default=None,
+        metavar="MULT",
+        help=f"spin multiplicity 2S+1 (1 singlet, 2 doublet, ...) of "
+        f"{scope.format(key='spin')}; default: the file's value, else {DEFAULT_SPIN} with a "
+        "warning",
+    )
+    group.add_argument(
+        "--head",
+        default=None,
+        metavar="NAME",
+        help="level-of-theory head of a model with heads, e.g. omol or mptrj (default: the "
+        "model's first head)",
+    )
+
+
+def check_head(head: str | None, heads: Sequence[str], model: object) -> None:
+    """Refuse ``--head`` for a model without heads, or a name that is not one of ``heads``.
+
+    Raises:
+        CLIError: Naming the model and listing its heads.
+    """
+    if head is None:
+        return
+    if not heads:
+        raise CLIError(f"--head {head!r} given, but model {model} has no heads; drop --head")
+    if head not in heads:
+        raise CLIError(
+            f"unknown --head {head!r}: model {model} has the heads {', '.join(map(str, heads))}"
+        )
+
+
+class StateFlags:
+    """``--charge``/``--spin`` of one command run, resolved structure by structure for a model.
+
+    For a model that takes the total charge and spin multiplicity (``"charge"``/``"spin"`` in
+    its ``metadata["inputs"]``), :meth:`resolve` gives each structure's state: the flag when
+    given and ``override`` is set, else the structure's own value, else the flag, else the
+    default (0, 1) with a warning. Differences between a flag and a file value are counted and
+    reported once by :meth:`pop_warnings`, not per structure.
+
+    Args:
+        charge: ``--charge`` in e, or None.
+        spin: ``--spin`` (multiplicity 2S+1), or None.
+        inputs: The model's required per-structure inputs (``metadata["inputs"]``).
+        model: The model's name in messages (its path).
+        override: Flags replace a structure's own values (True) or only fill missing ones.
+
+    Raises:
+        CLIError: A flag is given for a model that takes no charge or spin, or ``spin < 1``.
+    """
+
+    def __init__(
+        self,
+        charge: int | None,
+        spin: int | None,
+        *,
+        inputs: Sequence[str],
+        model: object,
+        override: bool,
+    ) -> None:
+        self.flags = {keys.CHARGE: charge, keys.SPIN: spin}
+        self.override = override
+        self.used = keys.CHARGE in inputs or keys.SPIN in inputs
+        given = [f"--{key} {value}" for key, value in self.flags.items() if value is not None]
+        if given and not self.used:
+            raise CLIError(
+                f"{' and '.join(given)} given, but model {model} takes no total charge or spin "
+                "(it was not trained with model.charge_spin); drop the flag"
+            )
+        if spin is not None and spin < 1:
+            raise CLIError(f"--spin is the multiplicity 2S+1 and must be >= 1, got {spin}")
+        # (what happened, key) -> [count, first structure, its own value]
+        self._events: dict[tuple[str, str], list[Any]] = {}
+
+    def _count(self, event: str, key: str, where: str, own: Any) -> None:
+        record = self._events.setdefault((event, key), [0, where, own])
+        record[0] += 1
+
+    def resolve(
+        self, atomic_numbers: Sequence[int], info: Mapping[str, Any], where: str
+    ) -> tuple[int, int] | None:
+        """The ``(charge, multiplicity)`` the model gets for one structure.
+
+        Args:
+            atomic_numbers: Z of every atom.
+            info: The structure's own values under ``"charge"`` and ``"spin"`` (missing or
+                None when the file has none).
+            where: The structure in warnings, e.g. ``"in.xyz (frame 3)"``.
+
+        Returns:
+            ``(charge, multiplicity)`` as ints, or None when the model takes neither.
+
+        Raises:
+            ValueError: The multiplicity is impossible for the electron count (the message
+                names both) or a value is not an integer.
+        """
+        if not self.used:
+            return None
+        state: dict[str, Any] = {}
+        for key, default in ((keys.CHARGE, DEFAULT_CHARGE), (keys.SPIN, DEFAULT_SPIN)):
+            own, flag = info.get(key), self.flags[key]
+            if own is None:
+                state[key] = default if flag is None else flag
+                if flag is None:
+                    self._count("default", key, where, None)
+            elif flag is None or _same_number(own, flag):
+                state[key] = own
+            elif self.override:
+                state[key] = flag
+                self._count("replaced", key, where, own)
+            else:
+                state[key] = own
+                self._count("kept", key, where, own)
+        return charge_and_spin(atomic_numbers, state, default_charge=None, default_spin=None)
+
+    def pop_warnings(self) -> list[str]:
+        """One line per kind of event since the last call (defaults taken, values replaced)."""
+        names = {keys.CHARGE: "total charge", keys.SPIN: "spin multiplicity"}
+        defaults = {keys.CHARGE: DEFAULT_CHARGE, keys.SPIN: DEFAULT_SPIN}
+        lines = []
+        for (event, key), (count, where, own) in self._events.items():
+            flag = f"--{key} {self.flags[key]}"
+            if event == "default":
+                lines.append(
+                    f"{count} structure(s) have no {names[key]} (atoms.info[{key!r}]) and no "
+                    f"--{key} was given; assuming {defaults[key]} (first: {where})"
+                )
+            elif event == "replaced":
+                lines.append(
+                    f"{flag} replaces a different {names[key]} in {count} structure(s) "
+                    f"(first: {where}, which has {_as_text(own)})"
+                )
+            else:
+                lines.append(
+                    f"{flag} is not applied to {count} structure(s) with their own {names[key]} "
+                    f"(first: {where}, which has {_as_text(own)}); each keeps its own"
+                )
+        self._events.clear()
+        return lines
+
+
+def _as_text(value: Any) -> str:
+    """``1.0`` as ``1`` (readers store integers as floats), anything else as is."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return str(int(number)) if number.is_integer() else str(value)
+
+
+def _same_number(value: Any, number: int) -> bool:
+    try:
+        return float(value) == number
+    except (TypeError, ValueError):
+        return False

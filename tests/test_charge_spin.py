@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from ase import Atoms
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from charged_model import HEADS, SPECIES, charged_model, water
 
 from calculators import MLIPCalculator
 from mlip.electronic import charge_and_spin, check_multiplicity
@@ -20,42 +19,11 @@ from mlip.export import load, save
 from mlip.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECIES = [1, 6, 7, 8]
-HEADS = ["omol", "mptrj"]
-
-
-def _charged_model(**extra) -> torch.nn.Module:
-    torch.manual_seed(3)
-    model = build_model(
-        species=SPECIES,
-        cutoff=4.0,
-        preset="small",
-        dtype=torch.float64,
-        channels=8,
-        mixer_channels=8,
-        num_radial=6,
-        readout_hidden=4,
-        charge_spin=True,
-        heads=HEADS,
-        **extra,
-    )
-    model.set_statistics(avg_num_neighbors=3.0, reference_energies={1: -13.6, 8: -2040.0})
-    model.set_statistics(shift=0.3, head="mptrj")
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save(_charged_model(), tmp_path_factory.mktemp("model") / "charged.pt")
-
-
-def _water(charge: int | None = None, spin: int | None = None) -> Atoms:
-    atoms = molecule("H2O")
-    if charge is not None:
-        atoms.info["charge"] = charge
-    if spin is not None:
-        atoms.info["spin"] = spin
-    return atoms
+    return save(charged_model(), tmp_path_factory.mktemp("model") / "charged.pt")
 
 
 # ------------------------------------------------------------------ parity rule
@@ -102,19 +70,19 @@ def test_export_records_inputs_and_heads(model_file: Path, tmp_path: Path) -> No
 def test_calculator_states_and_heads(model_file: Path) -> None:
     calc = MLIPCalculator(model_file)
     assert calc.head == "omol"
-    atoms = _water(0, 1)
+    atoms = water(0, 1)
     atoms.calc = calc
     neutral = atoms.get_potential_energy()
     atoms.info.update(charge=1, spin=2)  # an info change alone must trigger a new calculation
     cation = atoms.get_potential_energy()
     assert abs(cation - neutral) > 1e-6
-    bare = _water()
+    bare = water()
     bare.calc = calc
     with pytest.warns(UserWarning, match="assuming"):
         assert bare.get_potential_energy() == pytest.approx(neutral, abs=1e-10)
     other = MLIPCalculator(model_file, head="mptrj")
-    assert abs(other.get_potential_energy(_water(0, 1)) - neutral) > 1e-6
-    batch = calc.calculate_batch([_water(0, 1), _water(1, 2), _water(-1, 2)], batch_size=2)
+    assert abs(other.get_potential_energy(water(0, 1)) - neutral) > 1e-6
+    batch = calc.calculate_batch([water(0, 1), water(1, 2), water(-1, 2)], batch_size=2)
     assert batch[0]["energy"] == pytest.approx(neutral, abs=1e-9)
     assert batch[1]["energy"] == pytest.approx(cation, abs=1e-9)
     np.testing.assert_allclose(batch[1]["forces"], atoms.get_forces(), atol=1e-9)
@@ -123,9 +91,9 @@ def test_calculator_states_and_heads(model_file: Path) -> None:
 def test_calculator_bad_states_and_heads(model_file: Path) -> None:
     calc = MLIPCalculator(model_file)
     with pytest.raises(ValueError, match="multiplicity 2.*charge 0"):
-        calc.get_potential_energy(_water(0, 2))
+        calc.get_potential_energy(water(0, 2))
     with pytest.raises(ValueError, match=r"structure 1: .*multiplicity 1"):
-        calc.calculate_batch([_water(0, 1), _water(1, 1)])
+        calc.calculate_batch([water(0, 1), water(1, 1)])
     with pytest.raises(ValueError, match=r"unknown head 'pbe'.*\['omol', 'mptrj'\]"):
         MLIPCalculator(model_file, head="pbe")
 
@@ -135,7 +103,7 @@ def test_plain_model_needs_no_state(tmp_path: Path) -> None:
     calc = MLIPCalculator(save(plain, tmp_path / "plain.pt"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        calc.get_potential_energy(_water())
+        calc.get_potential_energy(water())
     with pytest.raises(ValueError, match="no heads"):
         MLIPCalculator(tmp_path / "plain.pt", head="omol")
 

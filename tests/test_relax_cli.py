@@ -26,7 +26,7 @@ def emt(monkeypatch):
     """Use ContractEMT as the model; records the (model, device) arguments."""
     calls = []
 
-    def factory(model, device):
+    def factory(model, device, head=None):
         calls.append((model, device))
         return ContractEMT()
 

@@ -6,14 +6,21 @@ writes them as JSON (in eV units, with a ``units`` entry), draws a parity plot p
 writes every structure with its predicted energy, forces and stress to extxyz (``-o``; the
 reference labels are kept as ``REF_energy``, ``REF_forces``, ``REF_stress``).
 
+For a model that takes the total charge and spin multiplicity, each frame's own
+``charge``/``spin`` (``atoms.info`` or the ``.aselmdb`` row) is used as-is; ``--charge``/``--spin``
+fill frames without them (else 0 and 1, with a warning). ``--head`` picks the level-of-theory
+head of a model with heads (default: its first head).
+
 A frame the model cannot take (an element it does not know, overlapping atoms, NaN or
-wrongly shaped labels) is reported on stderr and skipped; the rest is evaluated.
+wrongly shaped labels, a multiplicity impossible for its electron count) is reported on stderr
+and skipped; the rest is evaluated.
 Exit status: 0 success, 3 some frames skipped, 1 bad input (nothing written), 130 interrupted.
 No output file is overwritten without ``--overwrite``, and none may be an input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -28,9 +35,13 @@ import torch
 from mlip.cli import (
     ArgumentParser,
     CLIError,
+    StateFlags,
+    add_state_arguments,
     check_device,
+    check_head,
     check_not_inputs,
     check_outputs,
+    model_error_message,
     run_cli,
 )
 
@@ -83,9 +94,16 @@ def _ase_infos(path: str, data_format: str | None) -> list[dict[str, Any]]:
 
 
 def _prediction_atoms(
-    frame: Any, index: int, info: dict[str, Any], predicted: dict[str, np.ndarray]
+    frame: Any,
+    index: int,
+    info: dict[str, Any],
+    predicted: dict[str, np.ndarray],
+    record_state: bool = False,
 ) -> Any:
-    """The frame as ``Atoms`` with predicted labels on its calculator, references as REF_*."""
+    """The frame as ``Atoms`` with predicted labels on its calculator, references as REF_*.
+
+    With ``record_state``, ``info["charge"]``/``["spin"]`` hold the state the model was given.
+    """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
@@ -99,6 +117,8 @@ def _prediction_atoms(
     atoms.info.update({k: v for k, v in info.items() if k not in _LABEL_KEYS})
     atoms.info["source_file"] = frame.source
     atoms.info["source_frame"] = index
+    if record_state:
+        atoms.info["charge"], atoms.info["spin"] = int(frame.charge), int(frame.spin)
     if frame.energy is not None:
         atoms.info["REF_energy"] = float(frame.energy)
     if frame.forces is not None:
@@ -118,8 +138,14 @@ def _usable_frames(
     options: Any,
     cutoff: float,
     species: set[int],
+    state: StateFlags | None = None,
+    head: int | None = None,
 ) -> tuple[list[tuple[int, Any, Any]], list[str]]:
-    """``[(index, frame, graph)]`` of the frames the model can take, and skip messages."""
+    """``[(index, frame, graph)]`` of the frames the model can take, and skip messages.
+
+    ``state`` resolves each frame's charge and spin for a model that takes them; ``head``
+    (an index into the model's heads) is set on every graph.
+    """
     from ase.data import chemical_symbols
 
     from training.frames import InvalidFrameError
@@ -147,10 +173,20 @@ def _usable_frames(
             if unknown:
                 names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
                 raise ValueError(f"element(s) {names} not known to this model; it knows {known}")
-            usable.append((index, frame, frame.to_graph(cutoff)))
+            if state is not None:
+                where = f"{path}: frame {index}"
+                own = {"charge": frame.charge, "spin": frame.spin}
+                resolved = state.resolve(frame.atomic_numbers, own, where)
+                if resolved is not None:
+                    charge, spin = map(float, resolved)
+                    frame = dataclasses.replace(frame, charge=charge, spin=spin)
+            graph = frame.to_graph(cutoff)
+            if head is not None:
+                graph = graph.with_labels(head=torch.tensor([head], dtype=torch.int64))
+            usable.append((index, frame, graph))
         except InvalidFrameError as error:
             skipped.append(str(error))
-        except ValueError as error:  # unknown element, overlapping atoms
+        except ValueError as error:  # unknown element, overlapping atoms, impossible spin
             skipped.append(f"{path}: frame {index}: {error}")
     return usable, skipped
 
@@ -169,6 +205,8 @@ def evaluate_file(
     species: Sequence[int] | None = None,
     group_by: str | None = None,
     predictions: bool = False,
+    state: StateFlags | None = None,
+    head: int | None = None,
 ) -> FileEvaluation:
     """Metrics, parity arrays and (optionally) per-structure predictions of an exported model.
 
@@ -179,15 +217,17 @@ def evaluate_file(
         species: Atomic numbers the model knows; frames with others are skipped.
         group_by: ``atoms.info`` key whose values group the metrics (ASE files).
         predictions: Also return each frame as ``Atoms`` with predicted labels.
+        state: ``--charge``/``--spin`` for a model that takes them (None: a frame's own
+            values only; a frame without them then fails in the model).
+        head: Index of the level-of-theory head into the model's heads (None: the first).
     """
     from mlip import AtomicGraph
     from training.metrics import ErrorMetrics
     from training.readers import ReaderOptions
 
     options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
-    usable, skipped = _usable_frames(
-        path, data_format, options, cutoff, set(species) if species is not None else set(range(119))
-    )
+    known = set(species) if species is not None else set(range(119))
+    usable, skipped = _usable_frames(path, data_format, options, cutoff, known, state, head)
     infos = _ase_infos(path, data_format) if group_by or predictions else []
     metrics = ErrorMetrics()
     group_metrics: dict[str, ErrorMetrics] = {}
@@ -230,7 +270,10 @@ def evaluate_file(
             if predictions:
                 arrays = {k: v.to("cpu", torch.float64).numpy() for k, v in own.items()}
                 arrays = {k: v[0] if k != "forces" else v for k, v in arrays.items()}
-                result.predictions.append(_prediction_atoms(frame, index, infos[index], arrays))
+                record_state = state is not None and state.used
+                result.predictions.append(
+                    _prediction_atoms(frame, index, infos[index], arrays, record_state)
+                )
     result.metrics = metrics.compute()
     result.arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
     result.groups = {
@@ -303,6 +346,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace output files that already exist"
     )
+    add_state_arguments(parser, override=False)
     return parser
 
 
@@ -350,25 +394,40 @@ def _run(argv: Sequence[str]) -> int:
     module, metadata = _load_model(args.model, args.device)
     cutoff = float(metadata["cutoff"])
     species = [int(z) for z in metadata["atomic_numbers"]]
+    heads = [str(name) for name in metadata["heads"]]
+    check_head(args.head, heads, args.model)
+    state = StateFlags(
+        args.charge, args.spin, inputs=metadata["inputs"], model=args.model, override=False
+    )
     results: dict[str, Any] = {}
     predictions: list[Any] = []
     n_skipped = 0
     plots = _plot_paths(args.plot, args.data)
     for index, path in enumerate(args.data):
-        evaluation = evaluate_file(
-            module,
-            cutoff,
-            path,
-            data_format=args.format,
-            batch_size=args.batch_size,
-            device=args.device,
-            energy_key=args.energy_key,
-            forces_key=args.forces_key,
-            stress_key=args.stress_key,
-            species=species,
-            group_by=args.group_by,
-            predictions=args.output is not None,
-        )
+        try:
+            evaluation = evaluate_file(
+                module,
+                cutoff,
+                path,
+                data_format=args.format,
+                batch_size=args.batch_size,
+                device=args.device,
+                energy_key=args.energy_key,
+                forces_key=args.forces_key,
+                stress_key=args.stress_key,
+                species=species,
+                group_by=args.group_by,
+                predictions=args.output is not None,
+                state=state,
+                head=None if args.head is None else heads.index(args.head),
+            )
+        except Exception as exc:  # a ValueError raised inside the TorchScript model
+            message = model_error_message(exc)
+            if message is None:
+                raise
+            raise CLIError(f"{path}: {message}") from None
+        for message in state.pop_warnings():
+            print(f"{PROG}: warning: {message}", file=sys.stderr)
         for message in evaluation.skipped:
             print(f"{PROG}: warning: {message}; skipped", file=sys.stderr)
         n_skipped += len(evaluation.skipped)
