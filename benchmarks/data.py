@@ -1,7 +1,7 @@
 """Data pipeline benchmark: MPTrj JSON -> HDF5 store conversion rate, loader throughput, memory.
 
 Writes N synthetic MPTrj-sized frames (8-60 atoms, mean ~31, 10 frames per mp_id) in the MPTrj
-JSON layout, converts them with :func:`training.store.convert`, reads the store once streaming
+JSON layout, converts them with :func:`training.data.store.convert`, reads the store once streaming
 (peak Python memory with tracemalloc) and iterates the loader with 0 and 2 workers.
 
     python benchmarks/data.py                  # 100000 frames (slow on a small machine)
@@ -88,7 +88,7 @@ def write_synthetic_mptrj(path: Path, n_frames: int, seed: int = 0) -> int:
 
 
 def _loader_rate(store_path: Path, cutoff: float, workers: int, limit: int) -> dict:
-    from training.loader import GraphDataset, make_loader
+    from training.data.datasets import GraphDataset, make_loader
 
     dataset = GraphDataset(store_path, cutoff, indices=np.arange(min(limit, 10**12)))
     dataset.indices = dataset.indices[: min(limit, len(dataset.source))]
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/data.json")
     args = parser.parse_args(argv)
 
-    from training.store import Store, compute_statistics, convert
+    from training.data.store import Store, compute_statistics, convert
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp_path = Path(tmp)

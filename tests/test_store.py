@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from mlip.neighbors import neighbor_list
-from training import store as store_module
-from training.frames import Frame
-from training.loader import GraphDataset
-from training.readers import read_frames
-from training.store import (
+from training.data import store as store_module
+from training.data.frames import Frame
+from training.data.datasets import GraphDataset
+from training.data.readers import read_frames
+from training.data.store import (
     IncompleteStoreError,
     Store,
     compute_statistics,

@@ -273,7 +273,7 @@ def test_stress_and_max_time(shared_data: Path, tmp_path: Path) -> None:
 
 
 def test_trains_from_hdf5_store(shared_data: Path, tmp_path: Path) -> None:
-    from training.store import convert
+    from training.data.store import convert
 
     store = tmp_path / "acac.h5"
     convert(shared_data / "tiny" / "acac_test300K_first20.xyz", store)

@@ -54,7 +54,7 @@ class DataConfig:
             ``train.seed``.
         test: optional test file, evaluated with the final model.
         format: reader format (``ase``, ``asedb``, ``aselmdb``, ``mptrj``; see
-            ``training.readers``); None guesses it from the file name.
+            ``training.data.readers``); None guesses it from the file name.
         energy_key: ``atoms.info`` key of the total energy (eV); None: the calculator, then
             ``info["energy"]``. For MPTrj JSON the frame field used as the energy.
         forces_key: ``atoms.arrays`` key of the forces (eV/Å); None: calculator / ``forces``.

@@ -39,7 +39,7 @@ def evaluate_file(
     """Metrics and parity arrays of an exported (scripted) model on one file."""
     from mlip import AtomicGraph
     from training.metrics import ErrorMetrics
-    from training.readers import ReaderOptions, read_frames
+    from training.data.readers import ReaderOptions, read_frames
 
     options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
     frames = read_frames(path, data_format, options, required=("energy",))

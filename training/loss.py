@@ -139,7 +139,7 @@ def weighted_loss(
 # ============================================================================ statistics
 def read_isolated_energies(path: str) -> dict[int, float]:
     """``{Z: eV}`` from a file of single-atom structures with energies."""
-    from training.readers import read_frames
+    from training.data.readers import read_frames
 
     energies: dict[int, float] = {}
     for frame in read_frames(path, required=("energy",)):

@@ -72,9 +72,9 @@ class GraphSet:
 
     Attributes:
         graphs: one :class:`mlip.AtomicGraph` per structure: a list in memory, or a lazy
-            :class:`training.loader.GraphDataset` over an HDF5 store (``mlip-data convert``).
+            :class:`training.data.datasets.GraphDataset` over an HDF5 store (``mlip-data convert``).
         source: where they came from (for metadata).
-        store_statistics: for a store, its cached :class:`training.store.Statistics`.
+        store_statistics: for a store, its cached :class:`training.data.store.Statistics`.
     """
 
     graphs: Sequence[AtomicGraph]
@@ -117,9 +117,9 @@ def _is_store(path: str) -> bool:
 
 def load_store(path: str, config: Config) -> tuple[GraphSet, GraphSet | None]:
     """Train (and, for a fractional ``data.valid``, valid) sets of an HDF5 store, read lazily;
-    statistics come from the store's cache (``training.store.compute_statistics``)."""
-    from training.loader import GraphDataset
-    from training.store import Store, compute_statistics, make_split
+    statistics come from the store's cache (``training.data.store.compute_statistics``)."""
+    from training.data.datasets import GraphDataset
+    from training.data.store import Store, compute_statistics, make_split
 
     store = Store(path)
     cutoff = config.model.cutoff
@@ -140,9 +140,9 @@ def load_store(path: str, config: Config) -> tuple[GraphSet, GraphSet | None]:
 
 
 def load_graphs(path: str, config: Config, required: Sequence[str] = ("energy",)) -> GraphSet:
-    """Read a dataset file with :mod:`training.readers` and build graphs at the model cutoff."""
-    from training.frames import SkipReport
-    from training.readers import ReaderOptions, read_frames
+    """Read a dataset file with :mod:`training.data.readers` and build graphs at the model cutoff."""
+    from training.data.frames import SkipReport
+    from training.data.readers import ReaderOptions, read_frames
 
     data = config.data
     options = ReaderOptions(

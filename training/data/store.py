@@ -41,8 +41,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from training.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
-from training.readers import ReaderOptions, detect_format, iter_raw
+from training.data.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
+from training.data.readers import ReaderOptions, detect_format, iter_raw
 
 __all__ = [
     "ConvertReport",
@@ -330,10 +330,10 @@ def convert(
     """Convert dataset files into one HDF5 store (resumable).
 
     Args:
-        inputs: one or more files (or ``.aselmdb`` folders); see :mod:`training.readers`.
+        inputs: one or more files (or ``.aselmdb`` folders); see :mod:`training.data.readers`.
         output: the ``.h5`` store to write.
         format: reader format for every input (None: guess each from its name).
-        options: label keys (:class:`~training.readers.ReaderOptions`).
+        options: label keys (:class:`~training.data.readers.ReaderOptions`).
         required: labels every frame must have.
         skip_invalid: skip bad frames and count them (in the report and the store's
             ``skipped`` attribute) instead of raising.

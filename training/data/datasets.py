@@ -1,6 +1,6 @@
 """Torch datasets and loaders of :class:`mlip.AtomicGraph` batches.
 
-- :class:`GraphDataset` wraps a :class:`~training.store.Store` (or an in-memory list of frames)
+- :class:`GraphDataset` wraps a :class:`~training.data.store.Store` (or an in-memory list of frames)
   and builds each neighbour list in ``__getitem__``, i.e. inside DataLoader workers.
 - :class:`BudgetBatchSampler` packs structures into batches under a budget of atoms or edges,
   shuffles with a seed and the epoch, shards batches across DDP ranks (every rank gets the same
@@ -32,9 +32,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlip import AtomicGraph
-from training.frames import DEFAULT_REQUIRED, Frame
-from training.readers import ReaderOptions, read_frames
-from training.store import Store, edge_counts, load_split, make_split, split_by_groups
+from training.data.frames import DEFAULT_REQUIRED, Frame
+from training.data.readers import ReaderOptions, read_frames
+from training.data.store import Store, edge_counts, load_split, make_split, split_by_groups
 
 __all__ = [
     "BudgetBatchSampler",
@@ -57,8 +57,8 @@ class GraphDataset(Dataset):
     """Frames of a store (or list) as :class:`mlip.AtomicGraph` with neighbour lists.
 
     Args:
-        source: a :class:`~training.store.Store`, a store path, or a sequence of
-            :class:`~training.frames.Frame` (kept in memory).
+        source: a :class:`~training.data.store.Store`, a store path, or a sequence of
+            :class:`~training.data.frames.Frame` (kept in memory).
         cutoff: neighbour-list radius, Å.
         indices: the frames of ``source`` to use (e.g. one part of a split); None for all.
         labels: the labels to keep (e.g. ``("energy", "forces")`` to batch frames with and
@@ -94,7 +94,7 @@ class GraphDataset(Dataset):
         return int(self.indices.shape[0])
 
     def frame(self, index: int) -> Frame:
-        """The raw :class:`~training.frames.Frame` ``index`` (no neighbour list)."""
+        """The raw :class:`~training.data.frames.Frame` ``index`` (no neighbour list)."""
         return self.source[int(self.indices[index])]
 
     def __getitem__(self, index: int) -> AtomicGraph:
@@ -318,7 +318,7 @@ def load_datasets(
 def _split_frames(
     frames: Sequence[Frame], fractions: dict[str, float], group_by: str | None, seed: int
 ) -> dict[str, np.ndarray]:
-    """The same split rule as :func:`training.store.make_split`, for in-memory frames."""
+    """The same split rule as :func:`training.data.store.make_split`, for in-memory frames."""
     n_frames = len(frames)
     if group_by is None:
         group_of = np.arange(n_frames)

@@ -1,4 +1,4 @@
-"""Readers that turn dataset files into :class:`~training.frames.Frame` objects, lazily.
+"""Readers that turn dataset files into :class:`~training.data.frames.Frame` objects, lazily.
 
 Formats (``format=`` names):
 
@@ -12,9 +12,9 @@ Formats (``format=`` names):
   time (the 12 GB file is never parsed whole).
 
 Every reader yields frames in file order. :func:`iter_frames` validates them (raising
-:class:`~training.frames.InvalidFrameError`, a ``ValueError`` naming file, frame and field) or,
+:class:`~training.data.frames.InvalidFrameError`, a ``ValueError`` naming file, frame and field) or,
 with ``skip_invalid=True``, skips bad frames and counts them in a
-:class:`~training.frames.SkipReport`.
+:class:`~training.data.frames.SkipReport`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from ase import units
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 
-from training.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
+from training.data.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
 
 __all__ = [
     "FORMATS",

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mlip import AtomicGraph
-from training.frames import Frame
-from training.loader import BudgetBatchSampler, GraphDataset, load_datasets, make_loader
-from training.store import convert
+from training.data.frames import Frame
+from training.data.datasets import BudgetBatchSampler, GraphDataset, load_datasets, make_loader
+from training.data.store import convert
 
 MPTRJ_JSON = "mptrj/mptrj_11frames_MPtrj-json-layout.json"
 

@@ -1,0 +1,1 @@
+"""The data pipeline: readers, frames, the HDF5 store, statistics, splits, datasets and loaders."""
