@@ -68,6 +68,9 @@ class DataConfig:
             or a mapping ``{atomic_number: eV}``.
         isolated_atoms: file of single-atom structures with their energies (E0s).
         max_structures: read at most this many structures of each file (debugging).
+        num_workers: DataLoader worker processes that read frames and build neighbour lists
+            (0: the training process does it). None: ``min(2, cpus - 1)``, 0 on one core.
+            Changes no number of the run, only its speed.
     """
 
     train: str | None = None
@@ -82,6 +85,7 @@ class DataConfig:
     reference_energies: str | dict[int, float] = "least_squares"
     isolated_atoms: str | None = None
     max_structures: int | None = None
+    num_workers: int | None = None
 
 
 @dataclass
@@ -409,5 +413,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.patience: must be >= 1 or null, got {train.patience}")
     if not 0.0 <= train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {train.ema_decay}")
+    if data.num_workers is not None and data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be >= 0 or null, got {data.num_workers}")
     if train.checkpoint_every < 0 or train.warmup_steps < 0:
         raise ConfigError("train.checkpoint_every and train.warmup_steps must be >= 0")

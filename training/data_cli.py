@@ -111,7 +111,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from training.data.store import Store, compute_statistics, load_split
+    from training.data.splits import load_split
+    from training.data.statistics import compute_statistics
+    from training.data.store import Store
 
     store = Store(args.store)
     indices = None
@@ -124,7 +126,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from training.data.store import make_split
+    from training.data.splits import make_split
 
     fractions = {"train": 1.0 - args.valid - args.test, "valid": args.valid}
     if args.test:

@@ -19,11 +19,6 @@ import torch
 __all__ = ["evaluate_file", "main"]
 
 
-def _set_stress(module: torch.nn.Module, flag: bool) -> None:
-    if hasattr(module, "compute_stress"):
-        module.compute_stress = flag
-
-
 def evaluate_file(
     module: torch.nn.Module,
     cutoff: float,
@@ -36,35 +31,30 @@ def evaluate_file(
     forces_key: str | None = None,
     stress_key: str | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics and parity arrays of an exported (scripted) model on one file."""
-    from mlip import AtomicGraph
-    from training.metrics import ErrorMetrics
+    """Metrics and parity arrays of an exported (scripted) model on one file (or store)."""
+    from training.data.datasets import BatchBudget, GraphDataset, make_loader
     from training.data.readers import ReaderOptions, read_frames
+    from training.data.store import Store, is_store
+    from training.metrics import evaluate
 
-    options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
-    frames = read_frames(path, data_format, options, required=("energy",))
-    metrics = ErrorMetrics()
-    parity: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("energy_ref", "energy_pred", "forces_ref", "forces_pred")
-    }
-    for start in range(0, len(frames), batch_size):
-        graphs = [frame.to_graph(cutoff) for frame in frames[start : start + batch_size]]
-        graph = AtomicGraph.batch(graphs).to(device)
-        use_stress = graph.stress is not None and bool(graph.pbc.all())
-        _set_stress(module, use_stress)
-        predictions = module(graph.as_dict())
-        predictions = {k: v.detach() for k, v in predictions.items()}
-        if not use_stress:
-            predictions.pop("stress", None)
-        metrics.update(predictions, graph)
-        n_atoms = graph.num_atoms.to(torch.float64)
-        parity["energy_ref"].append((graph.energy / n_atoms).cpu().numpy())
-        parity["energy_pred"].append((predictions["energy"] / n_atoms).cpu().numpy())
-        if graph.forces is not None and "forces" in predictions:
-            parity["forces_ref"].append(graph.forces.cpu().numpy().ravel())
-            parity["forces_pred"].append(predictions["forces"].cpu().numpy().ravel())
-    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
-    return metrics.compute(), arrays
+    if is_store(path):
+        source: Store | list = Store(path)
+    else:
+        options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+        source = read_frames(path, data_format, options, required=("energy",))
+    loader = make_loader(
+        GraphDataset(source, cutoff),
+        BatchBudget(batch_size),
+        shuffle=False,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+
+    def predict(graph: Any, stress: bool) -> dict[str, torch.Tensor]:
+        if hasattr(module, "compute_stress"):
+            module.compute_stress = stress
+        return module(graph.as_dict())
+
+    return evaluate(predict, loader, device, collect=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import mlip.export
     from training.checkpoint import load_checkpoint
-    from training.trainer import rebuild_model
+    from training.model_io import rebuild_model
 
     checkpoint = load_checkpoint(args.checkpoint)
     if args.weights == "raw":

@@ -1,0 +1,131 @@
+"""From ``config.data`` to the train/valid/test datasets and the training statistics.
+
+Any input goes the same way: a raw file (extxyz/ASE, MPTrj JSON, ``.aselmdb``) is read into
+frames in memory; an HDF5 store (``mlip-data convert``) is read lazily. Both are truncated to
+``data.max_structures``, split with :func:`training.data.splits.training_split`, and measured
+with :func:`training.data.statistics.compute_statistics`, so the same frames give the same
+split, statistics and batches either way.
+
+Under torchrun only rank 0 writes the store's caches (split, edge counts, statistics); the
+other ranks wait for it and then only read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from training import distributed
+from training.config import Config
+from training.data.datasets import GraphDataset, default_num_workers
+from training.data.statistics import Statistics, compute_statistics
+from training.data.store import Store, is_store
+
+__all__ = ["TrainingData", "num_workers", "prepare_data"]
+
+log = logging.getLogger("mlip.train")
+
+
+@dataclass
+class TrainingData:
+    """The datasets of a run and the statistics of the training set (at the model cutoff)."""
+
+    train: GraphDataset
+    valid: GraphDataset | None
+    test: GraphDataset | None
+    statistics: Statistics
+    species: list[int]
+
+
+def _open(path: str, config: Config) -> tuple[Store | list, np.ndarray]:
+    """A store or the frames of a raw file, and the indices of its first ``max_structures``."""
+    from training.data.frames import SkipReport
+    from training.data.readers import ReaderOptions, read_frames
+
+    data = config.data
+    if is_store(path):
+        source: Store | list = Store(path)
+    else:
+        options = ReaderOptions(
+            energy_key=data.energy_key,
+            forces_key=data.forces_key,
+            stress_key=data.stress_key,
+            virial_key=data.virial_key,
+        )
+        report = SkipReport()
+        source = read_frames(
+            path,
+            data.format,
+            options,
+            required=("energy",),
+            skip_invalid=data.skip_invalid,
+            report=report,
+        )
+        if report.total:
+            log.warning("%s: %s", path, report)
+    n_frames = len(source)
+    if data.max_structures is not None:
+        n_frames = min(n_frames, data.max_structures)
+    if not n_frames:
+        raise ValueError(f"{path}: no usable structures")
+    return source, np.arange(n_frames, dtype=np.int64)
+
+
+def num_workers(config: Config) -> int:
+    """``data.num_workers``, or :func:`~training.data.datasets.default_num_workers` if unset."""
+    value = config.data.num_workers
+    return default_num_workers() if value is None else value
+
+
+def prepare_data(config: Config, info: distributed.DistInfo) -> TrainingData:
+    """The datasets and training statistics ``config.data`` describes (see module docstring)."""
+    if not info.is_main:
+        distributed.barrier()  # rank 0 writes the store's caches first
+    try:
+        data = _prepare(config, info.is_main)
+    finally:
+        if info.is_main:
+            distributed.barrier()
+    for part in (data.train, data.valid, data.test):
+        if part is not None and isinstance(part.source, Store):
+            part.source.close()  # no handle crosses into the DataLoader workers
+    return data
+
+
+def _prepare(config: Config, write: bool) -> TrainingData:
+    from training.data.splits import training_split
+
+    data, cutoff = config.data, config.model.cutoff
+    workers = num_workers(config)
+    if not data.train:
+        raise ValueError("data.train: a training file is required")
+    source, indices = _open(data.train, config)
+    valid = None
+    if isinstance(data.valid, str):
+        valid_source, valid_indices = _open(data.valid, config)
+        valid = GraphDataset(valid_source, cutoff, valid_indices, f"{data.valid}")
+    else:
+        split = training_split(source, len(indices), data.valid, config.train.seed, write=write)
+        valid = GraphDataset(source, cutoff, split["valid"], f"{data.train} (valid split)")
+        indices = split["train"]
+    train = GraphDataset(source, cutoff, indices, data.train)
+    test = None
+    if data.test:
+        test_source, test_indices = _open(data.test, config)
+        test = GraphDataset(test_source, cutoff, test_indices, data.test)
+    statistics = compute_statistics(
+        source, cutoff=cutoff, indices=indices, num_workers=workers, write_cache=write
+    )
+    # an element only in valid/test gets a least-squares reference energy of 0
+    species = set(statistics.species)
+    for part in (valid, test):
+        if part is None:
+            continue
+        found = compute_statistics(part.source, indices=part.indices, write_cache=write)
+        extra = set(found.species) - species
+        if extra:
+            log.warning("atomic number(s) %s are not in the training set", sorted(extra))
+        species |= extra
+    return TrainingData(train, valid, test, statistics, sorted(species))
