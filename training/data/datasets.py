@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlip import AtomicGraph, keys
@@ -285,4 +286,5 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=single_threaded_worker if num_workers > 0 else None,
+        generator=torch.Generator(),  # iterators draw a seed: leave the global RNG alone
     )

@@ -301,6 +301,7 @@ def edge_counts(
         num_workers=num_workers,
         collate_fn=lambda counts: counts,
         worker_init_fn=single_threaded_worker if num_workers else None,
+        generator=torch.Generator(),  # leaves the global RNG alone (model init)
     )
     if isinstance(source, Store):
         source.close()  # workers open their own handles
