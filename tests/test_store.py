@@ -15,8 +15,8 @@ import torch
 
 from mlip.neighbors import neighbor_list
 from training.data import store as store_module
-from training.data.frames import Frame
 from training.data.datasets import GraphDataset
+from training.data.frames import Frame
 from training.data.readers import read_frames
 from training.data.splits import load_split, make_split
 from training.data.statistics import compute_statistics

@@ -12,8 +12,8 @@ import torch
 
 from mlip import AtomicGraph
 from training.config import Config, config_from_dict
-from training.loss import LossCounts, LossWeights, batch_counts, weighted_loss
 from training.data.datasets import BatchBudget, pack_batches
+from training.loss import LossCounts, LossWeights, batch_counts, weighted_loss
 from training.schedule import LRSchedule
 from training.trainer import train
 

@@ -153,6 +153,8 @@ class TrainConfig:
         max_epochs: number of epochs.
         max_time: wall-clock limit in minutes (checked between steps); then validate, export
             and stop cleanly. None = no limit.
+        max_steps: stop after this many optimiser steps in total (then validate, export and
+            stop cleanly, like ``max_time``). None = no limit.
         seed: seeds Python, NumPy and torch, the validation split and the batch order.
         device: ``cpu``, ``cuda``, ``cuda:1``... Under torchrun each rank uses its local GPU.
         dtype: model dtype, ``float32`` or ``float64``.
@@ -177,6 +179,7 @@ class TrainConfig:
 
     max_epochs: int = 100
     max_time: float | None = None
+    max_steps: int | None = None
     seed: int = 0
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
@@ -413,6 +416,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.patience: must be >= 1 or null, got {train.patience}")
     if not 0.0 <= train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {train.ema_decay}")
+    if train.max_steps is not None and train.max_steps < 0:
+        raise ConfigError(f"train.max_steps: must be >= 0 or null, got {train.max_steps}")
     if data.num_workers is not None and data.num_workers < 0:
         raise ConfigError(f"data.num_workers: must be >= 0 or null, got {data.num_workers}")
     if train.checkpoint_every < 0 or train.warmup_steps < 0:

@@ -17,11 +17,15 @@ scale of the data (:mod:`training.data.statistics`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from mlip import AtomicGraph
+
+if TYPE_CHECKING:
+    from training.config import LossConfig
 
 __all__ = [
     "LossCounts",
@@ -38,6 +42,15 @@ class LossWeights:
     energy: float = 1.0
     forces: float = 10.0
     stress: float = 0.0
+
+    @classmethod
+    def for_epoch(cls, loss: LossConfig, epoch: int) -> LossWeights:
+        """The weights of ``epoch``: the ``switch_*`` ones from ``loss.switch_epoch`` on."""
+        if loss.switch_epoch is not None and epoch >= loss.switch_epoch:
+            return cls(
+                loss.switch_energy_weight, loss.switch_forces_weight, loss.switch_stress_weight
+            )
+        return cls(loss.energy_weight, loss.forces_weight, loss.stress_weight)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torch import Tensor
 from mlip import AtomicGraph
 from training.loss import LossWeights
 
-__all__ = ["ErrorMetrics", "evaluate", "selection_loss", "wants_stress"]
+__all__ = ["ErrorMetrics", "evaluate", "force_predictor", "selection_loss", "wants_stress"]
 
 _QUANTITIES = ("energy", "forces", "stress")
 
@@ -96,6 +96,17 @@ def selection_loss(metrics: dict[str, float], weights: LossWeights) -> float:
 def wants_stress(graph: AtomicGraph) -> bool:
     """Stress is predicted for a batch of 3D-periodic structures that all have a stress label."""
     return graph.stress is not None and bool(graph.pbc.all())
+
+
+def force_predictor(model: torch.nn.Module) -> Callable[[AtomicGraph, bool], dict[str, Tensor]]:
+    """``predict(graph, stress)`` for :func:`evaluate` from an energy model (eval mode)."""
+    from mlip.derivatives import ForceStress
+
+    wrappers = {
+        flag: ForceStress(model, compute_forces=True, compute_stress=flag).eval()
+        for flag in (False, True)
+    }
+    return lambda graph, stress: wrappers[stress](graph.as_dict())
 
 
 def evaluate(

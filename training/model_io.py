@@ -1,4 +1,4 @@
-"""Build, rebuild and load energy models for training, export and evaluation.
+"""Build, rebuild, load and export energy models (``mlip-train``, ``mlip-export``).
 
 ``model.name`` is a registered model (``mlip.models.build_model``) or ``module:function``, a
 builder with the same signature imported on demand (tests and plug-ins). A model is stored as
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,7 +19,17 @@ from torch import nn
 from training.checkpoint import load_checkpoint
 from training.config import Config
 
-__all__ = ["build_energy_model", "load_pretrained", "model_config", "rebuild_model"]
+if TYPE_CHECKING:
+    from training.data.prepare import TrainingData
+
+__all__ = [
+    "build_energy_model",
+    "export_model",
+    "initial_model",
+    "load_pretrained",
+    "model_config",
+    "rebuild_model",
+]
 
 
 def _resolve_builder(name: str | None) -> tuple[Callable[..., nn.Module], str | None]:
@@ -42,6 +53,33 @@ def build_energy_model(config: Config, species: Sequence[int]) -> nn.Module:
         dtype=getattr(torch, config.train.dtype),
         **config.model.hyper,
     )
+
+
+def initial_model(
+    config: Config, data: TrainingData, checkpoint: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The model a run starts from, the statistics given to it and its ``model_config``: the
+    checkpoint's when resuming, else ``finetune.from`` (optionally with refitted reference
+    energies), else a fresh model with the training statistics."""
+    references, isolated = config.data.reference_energies, config.data.isolated_atoms
+    if checkpoint is not None:
+        model = rebuild_model(checkpoint["model_config"], checkpoint["model"])
+        return model, checkpoint["statistics"], checkpoint["model_config"]
+    if config.finetune.from_:
+        model, _ = load_pretrained(config.finetune.from_)
+        species = [int(z) for z in model.species]
+        unknown = sorted(set(data.species) - set(species))
+        if unknown:
+            raise ValueError(f"finetune.from: the model does not know atomic number(s) {unknown}")
+        statistics: dict[str, Any] = {}
+        if config.finetune.refit_references:
+            statistics = data.statistics.for_model(references, species, isolated)
+            model.set_statistics(reference_energies=statistics["reference_energies"])
+        return model, statistics, model_config(model, config)
+    model = build_energy_model(config, data.species)
+    statistics = data.statistics.for_model(references, data.species, isolated)
+    model.set_statistics(**statistics)
+    return model, statistics, model_config(model, config)
 
 
 def model_config(model: nn.Module, config: Config) -> dict[str, Any]:
@@ -86,3 +124,30 @@ def load_pretrained(path: str) -> tuple[nn.Module, dict[str, Any]]:
         k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in scripted.state_dict().items()
     }
     return rebuild_model(config, weights), meta
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    model_config: dict[str, Any],
+    training_config: dict[str, Any],
+    metrics: dict[str, Any],
+    epochs: int,
+    **info: Any,
+) -> None:
+    """Write a trained energy model as one TorchScript file (:func:`mlip.export.save`) with its
+    dataset paths, metrics, ``model_config`` (for :func:`load_pretrained`), the training
+    configuration and the number of epochs in the metadata; ``info`` adds entries."""
+    import mlip.export
+
+    data = training_config.get("data", {})
+    mlip.export.save(
+        model.to("cpu"),
+        path,
+        dataset={"train": data.get("train"), "valid": data.get("valid"), "test": data.get("test")},
+        metrics=metrics,
+        model_config=model_config,
+        training_config=training_config,
+        epochs=epochs,
+        **info,
+    )

@@ -30,15 +30,15 @@ from mlip import AtomicGraph
 from mlip.allocator import keep_freed_memory
 from mlip.derivatives import ForceStress
 from training import distributed
-from training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from training.checkpoint import capture_rng_state, read_for_resume, restore_rng_state
 from training.checkpoint import save_checkpoint as write_checkpoint
 from training.config import Config, config_to_dict
 from training.data.datasets import BatchBudget, make_loader
 from training.data.prepare import num_workers, prepare_data
 from training.ema import EMA
 from training.loss import LossCounts, LossWeights, batch_counts, weighted_loss
-from training.metrics import evaluate, selection_loss, wants_stress
-from training.model_io import build_energy_model, load_pretrained, model_config, rebuild_model
+from training.metrics import evaluate, force_predictor, selection_loss, wants_stress
+from training.model_io import export_model, initial_model
 from training.plots import RunLog
 from training.schedule import LRSchedule
 
@@ -103,9 +103,17 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         for seed_fn in (random.seed, np.random.seed, torch.manual_seed):
             seed_fn(cfg.seed)
-        checkpoint = self._read_checkpoint() if resume else None
+        checkpoint = None
+        if resume:
+            path, changes_ok = (
+                self.output_dir / CHECKPOINT_NAME,
+                ("train.max_epochs", "train.max_time", "train.max_steps"),
+            )
+            checkpoint = read_for_resume(path, config_to_dict(config), changes_ok, info.is_main)
         self.data = prepare_data(config, info)
-        self._build_model(checkpoint)
+        model, self.statistics, self.model_config = initial_model(config, self.data, checkpoint)
+        self.model = model.to(device)
+        distributed.broadcast_module(self.model)
         self.eval_model = copy.deepcopy(self.model).eval()
         self.wrappers = {
             flag: ForceStress(self.model, compute_forces=True, compute_stress=flag).train()
@@ -144,52 +152,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         self.run_log = RunLog(self.output_dir, info.is_main)
-
-    # ------------------------------------------------------------------ set-up
-    def _read_checkpoint(self) -> dict[str, Any] | None:
-        path = self.output_dir / CHECKPOINT_NAME
-        if not path.exists():
-            if self.info.is_main:
-                log.warning("--resume: no %s yet, starting from scratch", path)
-            return None
-        checkpoint = load_checkpoint(path)
-        changed = _config_differences(checkpoint["config"], config_to_dict(self.config))
-        changed = [k for k in changed if k not in ("train.max_epochs", "train.max_time")]
-        if changed and self.info.is_main:
-            log.warning("resuming with a changed configuration: %s", ", ".join(changed))
-        return checkpoint
-
-    def _build_model(self, checkpoint: dict[str, Any] | None) -> None:
-        config, data = self.config, self.data
-        reference_energies = config.data.reference_energies
-        if checkpoint is not None:
-            model = rebuild_model(checkpoint["model_config"], checkpoint["model"])
-            self.statistics = checkpoint["statistics"]
-            self.model_config = checkpoint["model_config"]
-        elif config.finetune.from_:
-            model, _ = load_pretrained(config.finetune.from_)
-            species = [int(z) for z in model.species]
-            unknown = sorted(set(data.species) - set(species))
-            if unknown:
-                raise ValueError(
-                    f"finetune.from: the model does not know atomic number(s) {unknown}"
-                )
-            self.statistics = {}
-            if config.finetune.refit_references:
-                self.statistics = data.statistics.for_model(
-                    reference_energies, species, config.data.isolated_atoms
-                )
-                model.set_statistics(reference_energies=self.statistics["reference_energies"])
-            self.model_config = model_config(model, config)
-        else:
-            model = build_energy_model(config, data.species)
-            self.statistics = data.statistics.for_model(
-                reference_energies, data.species, config.data.isolated_atoms
-            )
-            model.set_statistics(**self.statistics)
-            self.model_config = model_config(model, config)
-        self.model = model.to(self.device)
-        distributed.broadcast_module(self.model)
+        # this process's training loop: structures, seconds, seconds waiting for batches
+        self.throughput = {"structures": 0.0, "loop_s": 0.0, "data_wait_s": 0.0}
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -212,22 +176,27 @@ class Trainer:
         """Seconds of the whole run, across resumes."""
         return self.progress.elapsed_s + time.monotonic() - self.started
 
-    def out_of_time(self) -> bool:
-        """``train.max_time`` has passed (rank 0 decides for everyone)."""
-        if self.config.train.max_time is None:
-            return False
-        flag = torch.tensor([float(self.elapsed() > self.config.train.max_time * 60.0)])
+    def stop_reason(self) -> str | None:
+        """``max_steps`` or ``max_time`` when that budget is used up (rank 0 decides the time
+        for everyone), else None."""
+        cfg = self.config.train
+        if cfg.max_steps is not None and self.progress.global_step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_time is None:
+            return None
+        flag = torch.tensor([float(self.elapsed() > cfg.max_time * 60.0)])
         if self.info.enabled:
             flag = distributed.all_reduce_sum(flag * float(self.info.is_main))
-        return bool(flag.item() > 0)
+        return "max_time" if flag.item() > 0 else None
 
     def run(self) -> dict[str, Any]:
         cfg, p = self.config.train, self.progress
         stop_reason = "max_epochs"
         while p.epoch < cfg.max_epochs:
-            if self.run_epoch():
-                stop_reason = "max_time"
-                self.end_of_time()
+            budget_used = self.run_epoch()
+            if budget_used is not None:
+                stop_reason = budget_used
+                self.end_early()
                 break
             if cfg.patience is not None and p.bad_epochs >= cfg.patience:
                 stop_reason = "early_stopping"
@@ -237,16 +206,17 @@ class Trainer:
             result.update(self.finish())
             result.update(stop_reason=stop_reason, best_epoch=p.best_epoch)
             result["world_size"] = self.info.world_size
+            result["throughput"] = self.throughput
             with open(self.output_dir / "summary.json", "w") as handle:
                 json.dump(result, handle, indent=2, default=float)
         self.run_log.close()
         return result
 
-    def run_epoch(self) -> bool:
-        """Train the rest of the current epoch, then validate and checkpoint it; True when
-        ``train.max_time`` ran out first."""
+    def run_epoch(self) -> str | None:
+        """Train the rest of the current epoch, then validate and checkpoint it; returns the
+        budget (``max_steps``/``max_time``) that ran out first, else None."""
         cfg, p, info = self.config.train, self.progress, self.info
-        weights = _loss_weights(self.config, p.epoch)
+        weights = LossWeights.for_epoch(self.config.loss, p.epoch)
         switch = self.config.loss.switch_epoch
         if switch is not None and p.epoch == switch and p.batches_done == 0:
             p.best_loss, p.bad_epochs = math.inf, 0  # the criterion changes
@@ -260,11 +230,7 @@ class Trainer:
             bar = tqdm(total=total, initial=p.batches_done, desc=f"epoch {p.epoch}", leave=False)
         tick, waited, structures = time.monotonic(), 0.0, 0
         batches = iter(self.loader)
-        timed_out = False
-        while True:
-            if self.out_of_time():
-                timed_out = True
-                break
+        while not (stop := self.stop_reason()):
             wait = time.monotonic()
             graph = next(batches, StopIteration)
             waited += time.monotonic() - wait
@@ -280,10 +246,16 @@ class Trainer:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
-        if timed_out:
-            return True
-        self.end_epoch(weights, time.monotonic() - tick, waited)
-        return False
+        seconds = time.monotonic() - tick
+        for key, value in (
+            ("structures", structures),
+            ("loop_s", seconds),
+            ("data_wait_s", waited),
+        ):
+            self.throughput[key] += value
+        if not stop:
+            self.end_epoch(weights, seconds, waited)
+        return stop
 
     def take_step(self, graph: AtomicGraph | None, weights: LossWeights) -> float:
         """One optimiser step on this rank's share of a global batch; returns its loss."""
@@ -322,17 +294,9 @@ class Trainer:
             return {}
         self.valid_loader.batch_sampler.set_epoch(0)
         metrics, _ = evaluate(
-            self._predictor(self.eval_model), self.valid_loader, self.device, reduce=True
+            force_predictor(self.eval_model), self.valid_loader, self.device, reduce=True
         )
         return metrics
-
-    @staticmethod
-    def _predictor(model: torch.nn.Module) -> Any:
-        wrappers = {
-            flag: ForceStress(model, compute_forces=True, compute_stress=flag).eval()
-            for flag in (False, True)
-        }
-        return lambda graph, stress: wrappers[stress](graph.as_dict())
 
     def end_epoch(self, weights: LossWeights, seconds: float, waited: float) -> None:
         """Validation, best model, early-stopping count, history row, checkpoint."""
@@ -367,10 +331,11 @@ class Trainer:
         self.save_checkpoint()
         self.run_log.write(self.history)
 
-    def end_of_time(self) -> None:
-        """Validate the current EMA weights once more, so a time-limited run has a result."""
+    def end_early(self) -> None:
+        """Validate the current EMA weights once more, so a step- or time-limited run has a
+        result."""
         p = self.progress
-        val_loss = selection_loss(self.validate(), _loss_weights(self.config, p.epoch))
+        val_loss = selection_loss(self.validate(), LossWeights.for_epoch(self.config.loss, p.epoch))
         if val_loss < p.best_loss or self.best_state is None:
             p.best_loss, p.best_epoch = val_loss, p.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.ema.shadow.items()}
@@ -401,14 +366,13 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Rank 0: evaluate the best EMA model on valid/test, parity plot, export."""
-        import mlip.export
         from training.plots import parity_plot
 
         config = self.config
         final = copy.deepcopy(self.model).eval()
         if self.best_state is not None:
             final.load_state_dict(self.best_state)
-        predict = self._predictor(final)
+        predict = force_predictor(final)
         result: dict[str, Any] = {}
         for name, dataset in (("valid", self.data.valid), ("test", self.data.test)):
             if dataset is None:
@@ -419,38 +383,8 @@ class Trainer:
             if name == "valid":
                 parity_plot(arrays, self.output_dir / "parity.png", title="validation")
         result["wall_time_s"] = self.elapsed()
-        mlip.export.save(
-            final.to("cpu"),
-            self.output_dir / MODEL_NAME,
-            dataset={
-                "train": config.data.train,
-                "valid": config.data.valid,
-                "test": config.data.test,
-            },
-            metrics={k: v for k, v in result.items() if k in ("valid", "test")},
-            model_config=self.model_config,
-            training_config=config_to_dict(config),
-            epochs=len(self.history),
-        )
+        metrics = {k: v for k, v in result.items() if k in ("valid", "test")}
+        path, epochs = self.output_dir / MODEL_NAME, len(self.history)
+        export_model(final, path, self.model_config, config_to_dict(config), metrics, epochs)
         result["model"] = str(self.output_dir / MODEL_NAME)
         return result
-
-
-def _loss_weights(config: Config, epoch: int) -> LossWeights:
-    loss = config.loss
-    if loss.switch_epoch is not None and epoch >= loss.switch_epoch:
-        return LossWeights(
-            loss.switch_energy_weight, loss.switch_forces_weight, loss.switch_stress_weight
-        )
-    return LossWeights(loss.energy_weight, loss.forces_weight, loss.stress_weight)
-
-
-def _config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key not in ("hyper",):
-            keys += _config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
