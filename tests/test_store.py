@@ -221,3 +221,19 @@ def test_splits_grouped_seeded_and_saved(shared_data: Path, tmp_path: Path) -> N
     assert len(random_split["valid"]) == 6
     with pytest.raises(KeyError, match="no split 'nope'"):
         load_split(store, "nope")
+
+
+def test_mean_neighbors_of_a_large_set_comes_from_the_same_sample(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.data import statistics
+
+    inputs = _inputs(shared_data)
+    frames = read_frames(inputs)
+    convert(inputs, tmp_path / "s.h5")
+    monkeypatch.setattr(statistics, "NEIGHBOR_SAMPLE", 7)
+    from_store = compute_statistics(tmp_path / "s.h5", cutoff=4.0).mean_neighbors
+    assert compute_statistics(frames, cutoff=4.0).mean_neighbors == from_store
+    assert compute_statistics(tmp_path / "s.h5", cutoff=4.0).mean_neighbors == from_store  # cache
+    with h5py.File(tmp_path / "s.h5", "r") as file:
+        assert "n_edges" not in file  # only the 7 sampled frames were counted

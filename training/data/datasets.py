@@ -121,10 +121,10 @@ class GraphDataset(Dataset):
         """(len(self),) int64 edges per structure at ``cutoff`` (cached in a store; built in
         ``num_workers`` workers the first time)."""
         if self._n_edges is None:
-            counts = edge_counts(
+            every = edge_counts(
                 self.source, self.cutoff, num_workers=num_workers, write_cache=write_cache
             )
-            self._n_edges = counts[self.indices]
+            self._n_edges = every[self.indices]
         return self._n_edges
 
 

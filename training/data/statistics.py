@@ -13,7 +13,9 @@ and ``e`` the reference energies (eV per element):
 * ``shift`` (eV/atom): the mean over frames of ``(E - e·c) / n``;
 * ``scale``: the RMS of the force components (eV/Å); without forces, the standard deviation
   of ``(E - e·c) / n`` over frames;
-* ``avg_num_neighbors``: edges at the cutoff divided by atoms.
+* ``avg_num_neighbors``: edges at the cutoff divided by atoms (over a seeded sample of
+  :data:`NEIGHBOR_SAMPLE` frames for larger sets: a first run on MPTrj does not wait for 1.6 M
+  neighbour lists; an edge budget ``train.batch.max_edges`` still counts every frame once).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 N_ELEMENTS = 119
+NEIGHBOR_SAMPLE = 10_000
+"""``avg_num_neighbors`` of more frames than this comes from a seeded sample of this many."""
 _CHUNK_FRAMES = 16384
 
 
@@ -284,19 +288,27 @@ def _store_chunk(store: Store, chunk: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def edge_counts(
-    source: Source, cutoff: float, *, num_workers: int = 0, write_cache: bool = True
+    source: Source,
+    cutoff: float,
+    indices: np.ndarray | None = None,
+    *,
+    num_workers: int = 0,
+    write_cache: bool = True,
 ) -> np.ndarray:
-    """(n_frames,) int64 directed edges of every frame at ``cutoff`` Å.
+    """Directed edges at ``cutoff`` Å of the frames ``indices`` (None: all), int64.
 
-    Builds every neighbour list once, in ``num_workers`` DataLoader workers (0: this
-    process). For a store the counts are cached as ``/n_edges/<cutoff>`` (written only with
-    ``write_cache``), so edge budgets and later runs reuse them.
+    Builds the neighbour lists in ``num_workers`` DataLoader workers (0: this process). For a
+    store, the counts of all frames are cached as ``/n_edges/<cutoff>`` (written only with
+    ``write_cache``) and read back from there, so edge budgets and later runs reuse them.
     """
     name = f"n_edges/{float(cutoff)!r}"
     if isinstance(source, Store) and name in source.file:
-        return source.file[name][:]
+        counts = source.file[name][:]
+        return counts if indices is None else counts[indices]
+    every = indices is None
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
     loader = torch.utils.data.DataLoader(
-        _EdgeCounter(source, cutoff),
+        _EdgeCounter(source, cutoff, indices),
         batch_size=256,
         num_workers=num_workers,
         collate_fn=lambda counts: counts,
@@ -305,23 +317,23 @@ def edge_counts(
     )
     if isinstance(source, Store):
         source.close()  # workers open their own handles
-    counts = np.fromiter((c for chunk in loader for c in chunk), dtype=np.int64, count=len(source))
-    if isinstance(source, Store) and write_cache:
+    counts = np.fromiter((c for chunk in loader for c in chunk), dtype=np.int64, count=len(indices))
+    if isinstance(source, Store) and write_cache and every:
         _write_cache(source, lambda file: file.create_dataset(name, data=counts, chunks=True))
     return counts
 
 
 class _EdgeCounter(torch.utils.data.Dataset):
-    def __init__(self, source: Source, cutoff: float) -> None:
-        self.source, self.cutoff = source, cutoff
+    def __init__(self, source: Source, cutoff: float, indices: np.ndarray) -> None:
+        self.source, self.cutoff, self.indices = source, cutoff, indices
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> int:
         from mlip.neighbors import neighbor_list
 
-        frame = self.source[index]
+        frame = self.source[int(self.indices[index])]
         return int(neighbor_list(frame.positions, frame.cell, frame.pbc, self.cutoff)[0].shape[1])
 
 
@@ -373,7 +385,35 @@ def compute_statistics(
             _write_cache(source, write)
     statistics = Statistics(sums)
     if cutoff is not None:
-        edges = edge_counts(source, cutoff, num_workers=num_workers, write_cache=write_cache)
         statistics.cutoff = float(cutoff)
-        statistics.mean_neighbors = float(edges[selected].sum() / max(sums.n_atoms, 1))
+        statistics.mean_neighbors = _mean_neighbors(
+            source, selected, cutoff, num_workers, write_cache
+        )
     return statistics
+
+
+def _mean_neighbors(
+    source: Source, selected: np.ndarray, cutoff: float, num_workers: int, write_cache: bool
+) -> float:
+    """Edges per atom at ``cutoff`` over the selected frames, or over a seeded sample of
+    :data:`NEIGHBOR_SAMPLE` of them when there are more (the same frames for a store or a
+    list); cached in a store next to the sums."""
+    key = f"statistics/{_selection_key(selected, len(source))}"
+    name = f"mean_neighbors@{float(cutoff)!r}"
+    if isinstance(source, Store) and key in source.file and name in source.file[key].attrs:
+        return float(source.file[key].attrs[name])
+    sample = selected
+    if len(selected) > NEIGHBOR_SAMPLE:
+        sample = np.sort(np.random.default_rng(0).choice(selected, NEIGHBOR_SAMPLE, replace=False))
+    small = len(source) <= NEIGHBOR_SAMPLE  # count (and cache) every frame once
+    options = {"num_workers": num_workers, "write_cache": write_cache}
+    edges = edge_counts(source, cutoff, None if small else sample, **options)
+    edges = edges[sample] if small else edges
+    if isinstance(source, Store):
+        atoms = source.n_atoms[sample]
+    else:
+        atoms = np.array([source[int(i)].n_atoms for i in sample])
+    mean = float(edges.sum() / max(atoms.sum(), 1))
+    if isinstance(source, Store) and write_cache:
+        _write_cache(source, lambda file: file.require_group(key).attrs.__setitem__(name, mean))
+    return mean
