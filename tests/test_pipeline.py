@@ -78,3 +78,19 @@ def test_max_time_counts_the_whole_run_across_resumes(shared_data: Path, tmp_pat
     again = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["progress"]
     assert again["global_step"] == done["global_step"] and again["epoch"] == 1
     assert again["elapsed_s"] > done["elapsed_s"]
+
+
+def test_edge_budget_and_step_budget_from_a_store(shared_data: Path, tmp_path: Path) -> None:
+    store = tmp_path / "acac.h5"
+    convert(shared_data / ACAC, store)
+    config = tiny_config(
+        store,
+        tmp_path / "run",
+        train={"max_steps": 2, "batch": {"size": 8, "max_edges": 200}},
+    )
+    result = train(config)
+    assert result["stop_reason"] == "max_steps"
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["progress"]["global_step"] == 2
+    assert (tmp_path / "run" / "model.pt").is_file()
+    with Store(store).file as file:  # rank 0 counted every frame's edges once, for the budget
+        assert len(file["n_edges/3.5"]) == 20

@@ -33,8 +33,8 @@ from training import distributed
 from training.checkpoint import capture_rng_state, read_for_resume, restore_rng_state
 from training.checkpoint import save_checkpoint as write_checkpoint
 from training.config import Config, config_to_dict
-from training.data.datasets import BatchBudget, make_loader
-from training.data.prepare import num_workers, prepare_data
+from training.data.datasets import make_loader
+from training.data.prepare import make_loaders, prepare_data
 from training.ema import EMA
 from training.loss import LossCounts, LossWeights, batch_counts, weighted_loss
 from training.metrics import evaluate, force_predictor, selection_loss, wants_stress
@@ -48,6 +48,7 @@ log = logging.getLogger("mlip.train")
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
+MAY_CHANGE_ON_RESUME = ("train.max_epochs", "train.max_time", "train.max_steps")
 
 
 @dataclass
@@ -105,11 +106,8 @@ class Trainer:
             seed_fn(cfg.seed)
         checkpoint = None
         if resume:
-            path, changes_ok = (
-                self.output_dir / CHECKPOINT_NAME,
-                ("train.max_epochs", "train.max_time", "train.max_steps"),
-            )
-            checkpoint = read_for_resume(path, config_to_dict(config), changes_ok, info.is_main)
+            path, values = self.output_dir / CHECKPOINT_NAME, config_to_dict(config)
+            checkpoint = read_for_resume(path, values, MAY_CHANGE_ON_RESUME, info.is_main)
         self.data = prepare_data(config, info)
         model, self.statistics, self.model_config = initial_model(config, self.data, checkpoint)
         self.model = model.to(device)
@@ -124,26 +122,11 @@ class Trainer:
             self.parameters, lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.budget = budget = BatchBudget(cfg.batch.size, cfg.batch.max_atoms, cfg.batch.max_edges)
         loss = config.loss
         self.use_stress = loss.stress_weight > 0 or (
             loss.switch_epoch is not None and loss.switch_stress_weight > 0
         )
-        workers = num_workers(config)
-        loader_options = {
-            "seed": cfg.seed,
-            "rank": info.rank,
-            "world_size": info.world_size,
-            "num_workers": workers,
-            "pin_memory": device.type == "cuda",
-        }
-        self.loader = make_loader(self.data.train, budget, **loader_options)
-        self.valid_loader = None
-        if self.data.valid is not None:  # validation needs no workers of its own
-            loader_options["num_workers"] = min(workers, 1)
-            self.valid_loader = make_loader(
-                self.data.valid, budget, shuffle=False, **loader_options
-            )
+        self.loader, self.valid_loader = make_loaders(self.data, config, info, device)
         steps_per_epoch = len(self.loader.batch_sampler.global_batches())
         self.schedule = LRSchedule(self.optimizer, config, steps_per_epoch * cfg.max_epochs)
         self.progress = Progress()
@@ -317,11 +300,7 @@ class Trainer:
         row["valid_loss"] = val_loss
         self.history.append(row)
         self.schedule.epoch_end(val_loss)
-        if val_loss < p.best_loss or self.best_state is None:
-            p.best_loss, p.best_epoch, p.bad_epochs = val_loss, p.epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.ema.shadow.items()}
-        else:
-            p.bad_epochs += 1
+        p.bad_epochs = 0 if self.track_best(val_loss) else p.bad_epochs + 1
         if self.info.is_main:
             text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             log.info("epoch %d: train_loss %.4g valid %s", p.epoch, row["train_loss"], text)
@@ -334,12 +313,18 @@ class Trainer:
     def end_early(self) -> None:
         """Validate the current EMA weights once more, so a step- or time-limited run has a
         result."""
+        weights = LossWeights.for_epoch(self.config.loss, self.progress.epoch)
+        self.track_best(selection_loss(self.validate(), weights))
+        self.save_checkpoint()
+
+    def track_best(self, val_loss: float) -> bool:
+        """Keep the EMA weights as the best model if ``val_loss`` is the best so far."""
         p = self.progress
-        val_loss = selection_loss(self.validate(), LossWeights.for_epoch(self.config.loss, p.epoch))
         if val_loss < p.best_loss or self.best_state is None:
             p.best_loss, p.best_epoch = val_loss, p.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.ema.shadow.items()}
-        self.save_checkpoint()
+            return True
+        return False
 
     # ------------------------------------------------------------------ outputs
     def save_checkpoint(self) -> None:
@@ -377,7 +362,7 @@ class Trainer:
         for name, dataset in (("valid", self.data.valid), ("test", self.data.test)):
             if dataset is None:
                 continue
-            loader = make_loader(dataset, self.budget, shuffle=False)
+            loader = make_loader(dataset, self.loader.batch_sampler.budget, shuffle=False)
             metrics, arrays = evaluate(predict, loader, self.device, collect=name == "valid")
             result[name] = metrics
             if name == "valid":

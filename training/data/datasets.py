@@ -266,7 +266,9 @@ def make_loader(
     batches in page-locked memory for ``non_blocking`` copies to a GPU. The batches are the
     same for any ``num_workers``.
     """
-    n_edges = dataset.n_edges(num_workers) if budget.max_edges is not None else None
+    n_edges = None
+    if budget.max_edges is not None:  # a store's cache is written by prepare_data (rank 0)
+        n_edges = dataset.n_edges(num_workers, write_cache=False)
     sampler = BudgetBatchSampler(
         dataset.n_atoms,
         n_edges,

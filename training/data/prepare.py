@@ -16,14 +16,16 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from training import distributed
 from training.config import Config
-from training.data.datasets import GraphDataset, default_num_workers
+from training.data.datasets import BatchBudget, GraphDataset, default_num_workers, make_loader
 from training.data.statistics import Statistics, compute_statistics
 from training.data.store import Store, is_store
 
-__all__ = ["TrainingData", "num_workers", "prepare_data"]
+__all__ = ["TrainingData", "make_loaders", "num_workers", "prepare_data"]
 
 log = logging.getLogger("mlip.train")
 
@@ -118,6 +120,10 @@ def _prepare(config: Config, write: bool) -> TrainingData:
     statistics = compute_statistics(
         source, cutoff=cutoff, indices=indices, num_workers=workers, write_cache=write
     )
+    if config.train.batch.max_edges is not None:  # edge budgets count every frame once
+        for part in (train, valid):
+            if part is not None:
+                part.n_edges(workers, write_cache=write)
     # an element only in valid/test gets a least-squares reference energy of 0
     species = set(statistics.species)
     for part in (valid, test):
@@ -129,3 +135,25 @@ def _prepare(config: Config, write: bool) -> TrainingData:
             log.warning("atomic number(s) %s are not in the training set", sorted(extra))
         species |= extra
     return TrainingData(train, valid, test, statistics, sorted(species))
+
+
+def make_loaders(
+    data: TrainingData, config: Config, info: distributed.DistInfo, device: torch.device
+) -> tuple[DataLoader, DataLoader | None]:
+    """This rank's training loader (shuffled per epoch, ``data.num_workers`` workers) and
+    validation loader (in order, at most one worker), both under ``train.batch``; batches are
+    pinned for ``non_blocking`` copies when ``device`` is a GPU."""
+    batch = config.train.batch
+    budget = BatchBudget(batch.size, batch.max_atoms, batch.max_edges)
+    workers = num_workers(config)
+    options = {
+        "seed": config.train.seed,
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "pin_memory": device.type == "cuda",
+    }
+    train = make_loader(data.train, budget, num_workers=workers, **options)
+    if data.valid is None:
+        return train, None
+    valid = make_loader(data.valid, budget, shuffle=False, num_workers=min(workers, 1), **options)
+    return train, valid
