@@ -362,7 +362,13 @@ class Trainer:
         for name, dataset in (("valid", self.data.valid), ("test", self.data.test)):
             if dataset is None:
                 continue
-            loader = make_loader(dataset, self.loader.batch_sampler.budget, shuffle=False)
+            loader = make_loader(
+                dataset,
+                self.loader.batch_sampler.budget,
+                shuffle=False,
+                num_workers=self.loader.num_workers,
+                pin_memory=self.loader.pin_memory,
+            )
             metrics, arrays = evaluate(predict, loader, self.device, collect=name == "valid")
             result[name] = metrics
             if name == "valid":
