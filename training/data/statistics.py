@@ -203,22 +203,41 @@ class Statistics:
             "scale": scale if scale > 1e-12 else 1.0,
         }
 
+    # ---- the summary ``mlip-data stats`` prints
+    @property
+    def n_frames(self) -> int:
+        return self.sums.n_frames
+
+    @property
+    def n_atoms(self) -> int:
+        return self.sums.n_atoms
+
+    @property
+    def element_counts(self) -> dict[int, int]:
+        """Atomic number -> atoms."""
+        return {z: int(self.sums.element_counts[z]) for z in self.species}
+
+    @property
+    def mean_energy_per_atom(self) -> float:
+        """Mean over frames of E/n, eV/atom."""
+        return self.energy_moments(None)[0]
+
+    @property
+    def reference_energies(self) -> dict[int, float]:
+        """The least-squares reference energies, eV."""
+        return self.least_squares_references()
+
+    @property
+    def energy_residual_rms(self) -> float:
+        """RMS over frames of ``(E - e·c) / n`` with the least-squares ``e``, eV/atom."""
+        mean, std = self.energy_moments(self.reference_energies)
+        return float(np.hypot(mean, std))
+
     def to_json(self) -> str:
-        """A readable summary (``mlip-data stats``)."""
-        references = self.least_squares_references()
-        _, residual = self.energy_moments(references)
-        summary = {
-            "n_frames": self.sums.n_frames,
-            "n_atoms": self.sums.n_atoms,
-            "element_counts": {z: int(self.sums.element_counts[z]) for z in self.species},
-            "mean_energy_per_atom": self.energy_moments(None)[0],
-            "reference_energies": references,
-            "energy_residual_std": residual,
-            "force_rms": self.force_rms,
-            "cutoff": self.cutoff,
-            "mean_neighbors": self.mean_neighbors,
-        }
-        return json.dumps(summary, sort_keys=True)
+        """The summary as JSON (``mlip-data stats``)."""
+        names = ("n_frames", "n_atoms", "element_counts", "mean_energy_per_atom")
+        names += ("reference_energies", "energy_residual_rms", "force_rms", "cutoff")
+        return json.dumps({name: getattr(self, name) for name in names + ("mean_neighbors",)})
 
 
 def read_isolated_energies(path: str) -> dict[int, float]:
