@@ -20,8 +20,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip import AtomicGraph, keys
 from mlip.allocator import keep_freed_memory
+from mlip.electronic import charge_and_spin
 from mlip.export import build_metadata, load
-from mlip.neighbors import neighbor_list
+from mlip.neighbors import check_min_distance, neighbor_list
 
 __all__ = ["MLIPCalculator"]
 
@@ -73,7 +74,9 @@ class _SkinNeighborList:
             - points.index_select(0, pairs[0])
             + shifts.to(torch.float64) @ torch.from_numpy(cell)
         )
-        keep = (vectors * vectors).sum(dim=1) <= self.cutoff**2
+        squared_distances = (vectors * vectors).sum(dim=1)
+        check_min_distance(pairs, squared_distances, shifts)  # atoms may have moved closer
+        keep = squared_distances <= self.cutoff**2
         return pairs[:, keep], shifts[keep]
 
 
@@ -81,13 +84,19 @@ class MLIPCalculator(Calculator):
     """ASE calculator for an mlip potential.
 
     Args:
-        model: a path to a file written by :func:`mlip.export.save`, a loaded
+        model: a path to a file written by :func:`mlip.export.save`, ``None`` for the built-in
+            demo model (:func:`calculators.defaults.default_model_path`, EMT Cu-Au), a loaded
             ``(module, metadata)`` pair from :func:`mlip.export.load`, or an in-memory energy
             model from :func:`mlip.models.build_model` (scripted on the fly).
         device: torch device to run on, e.g. ``"cpu"`` or ``"cuda"``.
         dtype: None to run in the model's own dtype, or ``torch.float32``/``torch.float64``
             (must match the model; a mismatch is an error rather than a silent cast).
         skin: Verlet skin in Å for neighbour-list reuse (0 disables reuse).
+        head: level-of-theory head name for a model with heads (None: its first head).
+
+    A model that needs the total charge and spin multiplicity (``metadata["inputs"]``) reads
+    them from ``atoms.info["charge"]`` and ``atoms.info["spin"]`` (defaults 0 and 1, with a
+    warning); a multiplicity impossible for the electron count is an error.
 
     On the CPU the calculator calls :func:`mlip.allocator.keep_freed_memory` (process-wide:
     glibc keeps freed tensor memory for the next step instead of unmapping it; 2-5x faster from
@@ -102,16 +111,25 @@ class MLIPCalculator(Calculator):
 
     def __init__(
         self,
-        model: str | os.PathLike | torch.nn.Module | tuple[torch.nn.Module, dict[str, Any]],
+        model: str
+        | os.PathLike
+        | torch.nn.Module
+        | tuple[torch.nn.Module, dict[str, Any]]
+        | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
+        head: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
+        if model is None:
+            from calculators.defaults import default_model_path
+
+            model = default_model_path()
         if isinstance(model, (str, os.PathLike)):
             module, metadata = load(model, device=self.device)
         elif isinstance(model, tuple):
@@ -139,6 +157,15 @@ class MLIPCalculator(Calculator):
             )
         self.dtype = model_dtype
         self._neighbors = _SkinNeighborList(self.cutoff, skin)
+        self.inputs = [str(name) for name in metadata.get("inputs", [])]
+        self.heads = [str(name) for name in metadata.get("heads", [])]
+        if head is not None and head not in self.heads:
+            raise ValueError(
+                f"unknown head {head!r}; this model's heads are {self.heads}"
+                if self.heads
+                else f"head={head!r} given, but this model has no heads"
+            )
+        self.head = head if head is not None else (self.heads[0] if self.heads else None)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -147,12 +174,34 @@ class MLIPCalculator(Calculator):
         return [chemical_symbols[z] for z in self.atomic_numbers]
 
     def _check_elements(self, atoms: Atoms) -> None:
+        if len(atoms) == 0:  # the model's reshapes would fail with a TorchScript error
+            raise ValueError("the structure has no atoms")
         unknown = sorted(set(atoms.numbers.tolist()) - set(self.atomic_numbers))
         if unknown:
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
             raise ValueError(
                 f"element(s) {names} not known to this model; it knows {', '.join(self.species)}"
             )
+
+    def _state_inputs(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        """Charge, spin and head fields (B = 1) for the inputs this model requires."""
+        fields: dict[str, torch.Tensor] = {}
+        if keys.CHARGE in self.inputs or keys.SPIN in self.inputs:
+            charge, spin = charge_and_spin(atoms.numbers, atoms.info)
+            fields[keys.CHARGE] = torch.tensor([float(charge)], dtype=torch.float64)
+            fields[keys.SPIN] = torch.tensor([float(spin)], dtype=torch.float64)
+        if self.head is not None:
+            fields[keys.HEAD] = torch.tensor([self.heads.index(self.head)], dtype=torch.int64)
+        return fields
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's checks, plus a change of ``info["charge"]``/``["spin"]`` for models using them."""
+        changes = super().check_state(atoms, tol)
+        if self.inputs and self.atoms is not None and "info" not in changes:
+            before = [self.atoms.info.get(k) for k in (keys.CHARGE, keys.SPIN)]
+            if before != [atoms.info.get(k) for k in (keys.CHARGE, keys.SPIN)]:
+                changes.append("info")
+        return changes
 
     @staticmethod
     def _fully_periodic(atoms: Atoms) -> bool:
@@ -193,6 +242,7 @@ class MLIPCalculator(Calculator):
             cell_shifts=cell_shifts,
             batch=torch.zeros(n_atoms, dtype=torch.int64),
             num_atoms=torch.tensor([n_atoms]),
+            **self._state_inputs(atoms),
         )
         outputs = self._run(graph, stress=periodic)
         self.results = self._results_of(outputs, 0, slice(0, n_atoms), periodic)
@@ -222,9 +272,11 @@ class MLIPCalculator(Calculator):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        states = []
         for index, atoms in enumerate(structures):
             try:
                 self._check_elements(atoms)
+                states.append(self._state_inputs(atoms))
             except ValueError as exc:
                 raise ValueError(f"structure {index}: {exc}") from None
         periodic = [self._fully_periodic(atoms) for atoms in structures]
@@ -234,10 +286,13 @@ class MLIPCalculator(Calculator):
             indices = [i for i, p in enumerate(periodic) if p == want_periodic]
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                graphs = [
-                    AtomicGraph.from_atoms(structures[i], self.cutoff, read_labels=False)
-                    for i in chunk
-                ]
+                graphs = []
+                for i in chunk:
+                    try:
+                        graph = AtomicGraph.from_atoms(structures[i], self.cutoff, False)
+                    except ValueError as exc:  # e.g. overlapping atoms: say which structure
+                        raise ValueError(f"structure {i}: {exc}") from None
+                    graphs.append(graph.with_labels(**states[i]))
                 outputs = self._run(AtomicGraph.batch(graphs), stress=want_periodic)
                 first_atom = 0
                 for position, i in enumerate(chunk):

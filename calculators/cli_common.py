@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,69 +22,42 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from mlip.cli import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ArgumentParser,
+    CLIError,
+    check_device,
+    check_not_inputs,
+    check_outputs,
+    one_line,
+    run_cli,
+)
+
 __all__ = [
     "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "ArgumentParser",
     "CLIError",
     "InputStructure",
     "add_common_arguments",
+    "check_not_inputs",
     "check_outputs",
     "evaluate_energy",
     "is_bulk",
     "labelled_copy",
     "make_calculator",
+    "one_line",
     "read_structures",
     "run_cli",
     "structure_format",
+    "structure_problem",
     "write_structures",
 ]
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-
 _STRUCTURE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".cif": "cif"}
-
-
-class CLIError(Exception):
-    """A user-facing error, reported as one line without a traceback."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse`` parser that raises :class:`CLIError` instead of exiting with usage text."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(message)
-
-
-def one_line(message: object) -> str:
-    """Collapse all whitespace (newlines included) of ``message`` into single spaces."""
-    return " ".join(str(message).split())
-
-
-def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
-    """Run a command-line body and map errors to one stderr line and an exit status.
-
-    Args:
-        prog: Program name used as the prefix of error lines, e.g. ``"mlip-relax"``.
-        body: Function that parses ``argv`` and does the work; returns the exit status.
-        argv: Arguments without the program name; ``None`` means ``sys.argv[1:]``.
-
-    Returns:
-        The exit status: the body's, :data:`EXIT_ERROR` for a :class:`CLIError`,
-        130 on Ctrl-C, or argparse's own code for ``--help``.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return body(args)
-    except CLIError as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: error: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit as exc:  # --help / --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +67,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         default=None,
         help="exported model file (mlip-export); default: the built-in demo model "
-        "data/demo/model.pt (EMT Cu-Au, for demonstrations only)",
+        "calculators/data/model.pt (EMT Cu-Au, for demonstrations only)",
     )
     parser.add_argument(
         "--device",
@@ -148,6 +120,48 @@ def _expand(pattern: str) -> list[str]:
     return [pattern]
 
 
+def _read_all_frames(name: str) -> list[Atoms]:
+    """Every frame of ``name``; a file ASE fails on is re-read frame by frame to name the frame."""
+    from ase.io import iread, read
+
+    if Path(name).stat().st_size == 0:
+        raise CLIError(f"cannot read {name}: the file is empty")
+    try:
+        frames = read(name, index=":")
+    except Exception as exc:  # ASE raises many types for bad files
+        good = 0
+        try:
+            for _ in iread(name, index=":"):
+                good += 1
+        except Exception:
+            pass
+        where = f"frame {good} (after {good} readable frames)" if good else "frame 0"
+        detail = str(exc).strip() or "ASE cannot parse it (wrong format or corrupt file)"
+        raise CLIError(f"cannot read {name}, {where}: {type(exc).__name__}: {detail}") from None
+    return [frames] if isinstance(frames, Atoms) else list(frames)
+
+
+def _select(name: str, frames: list[Atoms], index: str) -> list[tuple[int, Atoms]]:
+    """Apply ASE's ``FILE@INDEX`` syntax (``@3``, ``@-1``, ``@0:10:2``) with clear errors."""
+    from ase.io.formats import string2index
+
+    try:
+        selector = string2index(index)
+    except ValueError:
+        raise CLIError(f"{name}@{index}: INDEX must be an integer or a slice like 0:10") from None
+    numbered = list(enumerate(frames))
+    if isinstance(selector, int):
+        if not -len(frames) <= selector < len(frames):
+            raise CLIError(
+                f"{name}@{index}: index out of range, the file holds {len(frames)} frame(s)"
+            )
+        return [numbered[selector]]
+    chosen = numbered[selector]
+    if not chosen:
+        raise CLIError(f"{name}@{index} selects no frame (the file holds {len(frames)})")
+    return chosen
+
+
 def read_structures(patterns: Sequence[str]) -> list[InputStructure]:
     """Expand globs and read every frame of every file with ``ase.io.read``.
 
@@ -156,14 +170,14 @@ def read_structures(patterns: Sequence[str]) -> list[InputStructure]:
             ``FILE@INDEX`` selects frames with ASE's index syntax (``@-1``, ``@0:10``).
 
     Returns:
-        The structures in command-line order, frames in file order; a file given
-        twice (directly and through a glob) is read once.
+        The structures in command-line order, frames in file order, each with its frame
+        number in the file; a file given twice (directly and through a glob) is read once.
+        Frames without atoms are kept (see :func:`structure_problem`).
 
     Raises:
-        CLIError: A pattern matches nothing, a file is missing, unreadable or empty.
+        CLIError: A pattern matches nothing, a file is missing, empty or unreadable (the
+            message names the first bad frame), or ``@INDEX`` is out of range.
     """
-    from ase.io import read
-
     files: list[tuple[str, str | None]] = []
     for pattern in patterns:
         name, index = _split_index(pattern)
@@ -172,18 +186,24 @@ def read_structures(patterns: Sequence[str]) -> list[InputStructure]:
                 files.append((match, index))
     structures: list[InputStructure] = []
     for name, index in files:
-        try:
-            frames = read(name, index=":" if index is None else index)
-        except Exception as exc:  # ASE raises many types for bad files
-            raise CLIError(f"cannot read {name}: {type(exc).__name__}: {exc}") from exc
-        if isinstance(frames, Atoms):
-            frames = [frames]
-        frames = [frame for frame in frames if len(frame) > 0]
+        frames = _read_all_frames(name)
         if not frames:
-            raise CLIError(f"cannot read {name}: no atoms found")
-        first = int(index) if index is not None and index.lstrip("-").isdigit() else 0
-        structures.extend(InputStructure(name, first + k, atoms) for k, atoms in enumerate(frames))
+            raise CLIError(f"cannot read {name}: no structure found")
+        chosen = list(enumerate(frames)) if index is None else _select(name, frames, index)
+        structures.extend(InputStructure(name, k, atoms) for k, atoms in chosen)
     return structures
+
+
+def structure_problem(atoms: Atoms) -> str | None:
+    """What makes ``atoms`` unusable before any model sees it (no atoms, NaN), or None."""
+    if len(atoms) == 0:
+        return "the structure has no atoms"
+    bad = np.unique(np.nonzero(~np.isfinite(atoms.positions))[0])
+    if bad.size:
+        return f"positions contain NaN or inf (atoms {bad[:10].tolist()})"
+    if not np.all(np.isfinite(atoms.cell.array)):
+        return "the cell contains NaN or inf"
+    return None
 
 
 def is_bulk(atoms: Atoms) -> bool:
@@ -206,26 +226,6 @@ def structure_format(path: str | Path, allowed: Sequence[str] = (".extxyz", ".xy
             f"cannot tell the format of output {str(path)!r}: use one of {', '.join(allowed)}"
         )
     return _STRUCTURE_FORMATS[suffix]
-
-
-def check_outputs(paths: Sequence[str | Path], overwrite: bool) -> None:
-    """Refuse to run when an output already exists (unless ``overwrite``) or is a directory.
-
-    Called before any work is done so that a long run never ends by failing to write.
-
-    Raises:
-        CLIError: For the first offending path.
-    """
-    seen: set[Path] = set()
-    for path in map(Path, paths):
-        resolved = path.resolve()
-        if resolved in seen:
-            raise CLIError(f"output {str(path)!r} is used twice")
-        seen.add(resolved)
-        if path.is_dir():
-            raise CLIError(f"output {str(path)!r} is a directory")
-        if path.exists() and not overwrite:
-            raise CLIError(f"output {str(path)!r} already exists (use --overwrite to replace it)")
 
 
 def labelled_copy(atoms: Atoms) -> Atoms:
@@ -265,16 +265,6 @@ def write_structures(path: str | Path, frames: Sequence[Atoms], fmt: str) -> Non
 # ---------------------------------------------------------------------------- model
 
 
-def _check_device(device: str) -> None:
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CLIError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError(f"device {device!r} requested but CUDA is not available")
-
-
 def make_calculator(model: str | None, device: str) -> Calculator:
     """Build the ASE calculator for ``--model``/``--device``.
 
@@ -301,7 +291,7 @@ def make_calculator(model: str | None, device: str) -> Calculator:
         path = Path(model)
         if not path.is_file():
             raise CLIError(f"model file not found: {model}")
-    _check_device(device)
+    check_device(device)
     try:
         from calculators import MLIPCalculator  # type: ignore[attr-defined]
     except ImportError as exc:

@@ -13,8 +13,15 @@ Integrators:
   ``--thermostat nose-hoover`` uses ``IsotropicMTKNPT`` (``--barostat iso``) or ``MTKNPT``
   (``--barostat full``), with thermostat/barostat damping of 100/1000 time steps.
 
-Every ``--interval`` steps a row is added to the CSV log and a frame to the trajectory;
-a PNG of the log (same name as the log, ``.png``) is written at the end.
+Every ``--interval`` steps a row is added to the CSV log and a frame to the trajectory
+(both flushed); a PNG of the log (same name as the log, ``.png``) is written at the end.
+When the output is not a terminal, about 20 plain progress lines are printed instead of a bar.
+
+Every step is checked for a blown-up simulation (:class:`StabilityGuard`): non-finite
+values, a total-energy drift in NVE beyond :data:`MAX_NVE_DRIFT_EV_PER_ATOM`, a temperature
+beyond :func:`temperature_limit`, or (NPT) a volume change beyond a factor
+:data:`MAX_VOLUME_FACTOR`. The run then stops with exit status 1 and a message; what was
+written so far is kept.
 """
 
 from __future__ import annotations
@@ -36,12 +43,29 @@ from tqdm import tqdm
 from calculators import cli_common
 from calculators.cli_common import CLIError
 
-__all__ = ["build_parser", "make_dynamics", "main", "plot_log"]
+__all__ = ["StabilityGuard", "build_parser", "make_dynamics", "main", "plot_log"]
 
 PROG = "mlip-md"
 DEFAULT_FRICTION_PER_FS = 0.01
 THERMOSTAT_DAMPING_STEPS = 100
 BAROSTAT_DAMPING_STEPS = 1000
+PROGRESS_LINES = 20
+
+MAX_NVE_DRIFT_EV_PER_ATOM = 0.2
+"""eV/atom. Total-energy change in NVE that counts as a blown-up run: the kinetic energy
+3/2 kB T of ~1500 K per atom. A usable time step drifts by 1e-4 to 1e-2 eV/atom."""
+
+MAX_VOLUME_FACTOR = 3.0
+"""NPT: a cell that grew or shrank by more than this factor has exploded or collapsed."""
+
+
+def temperature_limit(temperature_K: float) -> float:
+    """Temperature (K) beyond which a run counts as blown up: 5x the target plus 2000 K.
+
+    Far outside thermal fluctuations even for a few atoms (a 6-degree-of-freedom kinetic
+    energy exceeds 5x its mean with probability ~1e-5), yet finite for a 0 K start.
+    """
+    return 5.0 * temperature_K + 2000.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli_common.ArgumentParser(
         prog=PROG,
         description="Run molecular dynamics with an mlip model (ASE integrators).",
-        epilog="Exit status: 0 success, 1 bad input or unstable simulation.",
+        epilog="Exit status: 0 success, 1 bad input or unstable simulation (non-finite values, "
+        f"NVE energy drift > {MAX_NVE_DRIFT_EV_PER_ATOM} eV/atom, temperature > 5 x target + "
+        "2000 K; frames written so far are kept), 130 interrupted.",
     )
     parser.add_argument(
         "input",
@@ -244,6 +270,10 @@ class _Recorder:
         self.rows: list[list[float]] = []
         self.start = time.perf_counter()
         self.last_step = 0
+        self.frames_written = 0
+        self.total_steps = int(bar.total or 0)
+        self.line_every = max(1, math.ceil(self.total_steps / PROGRESS_LINES))
+        self.next_line = 0
 
     def ns_per_day(self) -> float:
         elapsed = time.perf_counter() - self.start
@@ -255,11 +285,6 @@ class _Recorder:
 
         atoms, step = self.atoms, self.dyn.nsteps
         epot = float(atoms.get_potential_energy())
-        if not np.isfinite(epot):
-            raise CLIError(
-                f"simulation became unstable at step {step} (non-finite energy); "
-                "try a smaller --timestep"
-            )
         ekin = float(atoms.get_kinetic_energy())
         row = [step, step * self.timestep_fs, epot, ekin, epot + ekin, atoms.get_temperature()]
         if self.periodic:
@@ -272,9 +297,79 @@ class _Recorder:
         frame.info.update(step=step, time_fs=row[1])
         write(self.trajectory, frame, format="extxyz")
         self.trajectory.flush()
+        self.frames_written += 1
         self.bar.update(step - self.last_step)
         self.last_step = step
         self.bar.set_postfix_str(f"T={row[5]:.0f} K, {self.ns_per_day():.3g} ns/day")
+        if self.bar.disable and step >= self.next_line:  # not a terminal: plain lines
+            self.next_line = step + self.line_every
+            pressure = f"  P = {row[6]:.3f} GPa" if self.periodic else ""
+            print(
+                f"{PROG}: step {step}/{self.total_steps}  t = {row[1]:g} fs  T = {row[5]:.1f} K  "
+                f"E_pot = {epot:.6f} eV  E_tot = {row[4]:.6f} eV{pressure}  "
+                f"{self.ns_per_day():.3g} ns/day",
+                flush=True,
+            )
+
+
+class StabilityGuard:
+    """Observer (every step) that raises :class:`CLIError` when the simulation blows up.
+
+    Args:
+        dyn: The integrator (for the step count).
+        atoms: The simulated structure.
+        ensemble: ``"nve"``, ``"nvt"`` or ``"npt"``.
+        temperature_K: Target (or initial, NVE) temperature, K.
+        timestep_fs: Time step, fs (quoted in the message).
+    """
+
+    def __init__(
+        self,
+        dyn: MolecularDynamics,
+        atoms: Atoms,
+        ensemble: str,
+        temperature_K: float,
+        timestep_fs: float,
+    ) -> None:
+        self.dyn, self.atoms, self.ensemble = dyn, atoms, ensemble
+        self.timestep_fs = timestep_fs
+        self.max_temperature = temperature_limit(temperature_K)
+        self.initial_energy: float | None = None
+        self.initial_volume = atoms.get_volume() if cli_common.is_bulk(atoms) else None
+
+    def problem(self) -> str | None:
+        """What is wrong at the current step, or None."""
+        atoms = self.atoms
+        if not np.all(np.isfinite(atoms.positions)):
+            return "non-finite positions"
+        epot = float(atoms.get_potential_energy())
+        ekin = float(atoms.get_kinetic_energy())
+        if not (np.isfinite(epot) and np.isfinite(ekin)):
+            return f"non-finite energy (E_pot = {epot}, E_kin = {ekin})"
+        if self.initial_energy is None:
+            self.initial_energy = epot + ekin
+        drift = abs(epot + ekin - self.initial_energy) / len(atoms)
+        if self.ensemble == "nve" and drift > MAX_NVE_DRIFT_EV_PER_ATOM:
+            return (
+                f"the total energy drifted by {drift:.3g} eV/atom "
+                f"(NVE limit {MAX_NVE_DRIFT_EV_PER_ATOM} eV/atom)"
+            )
+        temperature = float(atoms.get_temperature())
+        if temperature > self.max_temperature:
+            return f"T = {temperature:.4g} K (limit {self.max_temperature:.0f} K)"
+        if self.ensemble == "npt" and self.initial_volume is not None:
+            ratio = atoms.get_volume() / self.initial_volume
+            if not 1 / MAX_VOLUME_FACTOR < ratio < MAX_VOLUME_FACTOR:
+                return f"the volume changed by a factor {ratio:.3g}"
+        return None
+
+    def __call__(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            step = self.dyn.nsteps
+            raise CLIError(
+                f"simulation blew up at step {step} (t = {step * self.timestep_fs:g} fs): {problem}"
+            )
 
 
 def plot_log(columns: Sequence[str], rows: Sequence[Sequence[float]], path: str | Path) -> None:
@@ -326,10 +421,16 @@ def _run(argv: Sequence[str]) -> int:
     atoms = structures[0].atoms
     atoms.set_velocities(np.zeros((len(atoms), 3)))
     _validate(args, atoms)
-    cli_common.check_outputs([args.output, log_path, png_path], args.overwrite)
+    label = f"{structures[0].path} (frame {structures[0].frame})"
+    problem = cli_common.structure_problem(atoms)
+    if problem is not None:
+        raise CLIError(f"{label}: {problem}")
+    outputs = [args.output, log_path, png_path]
+    cli_common.check_not_inputs(outputs, [structures[0].path])
+    cli_common.check_outputs(outputs, args.overwrite)
 
     atoms.calc = cli_common.make_calculator(args.model, args.device)
-    cli_common.evaluate_energy(atoms, args.input)
+    cli_common.evaluate_energy(atoms, label)
 
     rng = np.random.default_rng(args.seed)
     if args.temperature > 0:
@@ -353,18 +454,36 @@ def _run(argv: Sequence[str]) -> int:
         rng=rng,
     )
 
-    for path in (Path(args.output), log_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open(log_path, "w", newline="") as log,
-        open(args.output, "w") as trajectory,
-        tqdm(total=args.steps, desc=PROG, unit="step", disable=None) as bar,
-    ):
-        recorder = _Recorder(dyn, atoms, log, trajectory, bar, args.timestep)
-        dyn.attach(recorder, interval=args.interval)
-        dyn.run(args.steps)
-        if dyn.nsteps % args.interval:  # always record the last step
-            recorder()
+    recorder: _Recorder | None = None
+    try:
+        with (
+            open(log_path, "w", newline="") as log,
+            open(args.output, "w") as trajectory,
+            tqdm(total=args.steps, desc=PROG, unit="step", disable=None) as bar,
+        ):
+            recorder = _Recorder(dyn, atoms, log, trajectory, bar, args.timestep)
+            guard = StabilityGuard(dyn, atoms, args.ensemble, args.temperature, args.timestep)
+            dyn.attach(guard, interval=1)  # first: a broken step is never recorded
+            dyn.attach(recorder, interval=args.interval)
+            dyn.run(args.steps)
+            if dyn.nsteps % args.interval:  # always record the last step
+                recorder()
+    except (CLIError, KeyboardInterrupt) as exc:
+        if recorder is None:
+            raise
+        if recorder.rows:
+            plot_log(recorder.columns, recorder.rows, png_path)
+        kept = (
+            f"the {recorder.frames_written} frame(s) written before are kept in {args.output} "
+            f"and {log_path}"
+        )
+        if isinstance(exc, KeyboardInterrupt):
+            raise CLIError(
+                f"interrupted at step {dyn.nsteps}; {kept}", exit_code=cli_common.EXIT_INTERRUPTED
+            ) from None
+        raise CLIError(
+            f"{exc}; {kept}; try a smaller --timestep (now {args.timestep:g} fs)"
+        ) from None
     plot_log(recorder.columns, recorder.rows, png_path)
 
     final = recorder.rows[-1]

@@ -2,7 +2,9 @@
 
 The file is a TorchScript archive whose ``_extra_files`` hold ``mlip.json``: the format version,
 package versions, cutoff (Å), species, model dtype, units, outputs, stress convention, the
-model's hyperparameters and training information. The scripted module is a
+per-structure inputs the model requires (``inputs``, e.g. ``["charge", "spin"]``), its
+level-of-theory ``heads`` (names; the ``head`` input is an index into them), the model's
+hyperparameters and training information. The scripted module is a
 :class:`mlip.derivatives.ForceStress` around the energy model, computing energy, per-atom
 energies, forces and (for 3-D periodic structures, when its ``compute_stress`` attribute is
 True) stress. It runs with ``torch`` alone: neither ``mlip`` nor ``e3nn`` is needed to load it.
@@ -88,6 +90,8 @@ def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
             "stress": "eV/Å^3",
         },
         "outputs": ["energy", "energies", "forces", "stress"],
+        "inputs": [str(name) for name in getattr(energy_model, "required_inputs", [])],
+        "heads": [str(name) for name in getattr(energy_model, "heads", [])],
         "stress_convention": (
             "stress = (1/V) dE/d(strain), ASE sign (positive = tensile); "
             "only for structures periodic in all three directions"
@@ -171,6 +175,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("cutoff", "atomic_numbers", "model_dtype"):
         if key not in metadata:
             raise ModelFileError(f"{path}: corrupt metadata (missing {key!r})")
+    for key in ("inputs", "heads"):  # files written before these were recorded need neither
+        metadata.setdefault(key, [])
+        if not isinstance(metadata[key], list):
+            raise ModelFileError(f"{path}: corrupt metadata ({key!r} is not a list)")
     return metadata
 
 
@@ -184,7 +192,9 @@ def load(
         device: where to put the model (explicit; no hidden CUDA default).
 
     Returns:
-        ``(scripted_module, metadata)``; the module is in eval mode.
+        ``(scripted_module, metadata)``; the module is in eval mode. ``metadata["inputs"]``
+        lists the per-structure inputs the module requires (``"charge"``, ``"spin"``) and
+        ``metadata["heads"]`` its head names (empty for a model without heads).
 
     Raises:
         ModelFileError: a missing, foreign, corrupt or too-new file, with the path in the message.

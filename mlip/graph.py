@@ -48,6 +48,10 @@ class AtomicGraph:
         stress: (B, 3, 3) float64 eV/Å³ with ASE's sign (positive = tensile), optional label.
         charge: (B,) float64 total charge in e, optional (OMol25).
         spin: (B,) float64 spin multiplicity, optional (OMol25).
+        head: (B,) int64 level-of-theory head index, optional model input (absent means 0).
+
+    ``charge`` and ``spin`` are labels of the data and, for a model built with
+    ``charge_spin=True``, also required model inputs (integers stored as float64).
     """
 
     positions: torch.Tensor
@@ -63,6 +67,7 @@ class AtomicGraph:
     stress: torch.Tensor | None = None
     charge: torch.Tensor | None = None
     spin: torch.Tensor | None = None
+    head: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -115,7 +120,7 @@ class AtomicGraph:
             cell: (3, 3) Å (rows are lattice vectors) or None for a molecule.
             pbc: (3,) bool or one bool.
             **labels: optional ``energy`` (eV), ``forces`` (n_atoms, 3) eV/Å, ``stress``
-                (3, 3) eV/Å³ ASE sign, ``charge``, ``spin``.
+                (3, 3) eV/Å³ ASE sign, ``charge``, ``spin``, and the optional input ``head``.
         """
         positions_t = torch.as_tensor(np.asarray(positions, dtype=np.float64)).reshape(-1, 3)
         numbers_t = torch.as_tensor(np.asarray(atomic_numbers, dtype=np.int64)).reshape(-1)
@@ -127,13 +132,15 @@ class AtomicGraph:
         pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
         edge_index, cell_shifts = neighbor_list(positions_t, cell_np, pbc_np, cutoff)
         graph_labels: dict[str, torch.Tensor] = {}
+        known = keys.LABEL_FIELDS + keys.OPTIONAL_INPUT_FIELDS
         for name, value in labels.items():
-            if name not in keys.LABEL_FIELDS:
-                raise ValueError(f"unknown label {name!r}; known: {list(keys.LABEL_FIELDS)}")
+            if name not in known:
+                raise ValueError(f"unknown label {name!r}; known: {list(known)}")
             if value is None:
                 continue
             spec = keys.FIELDS[name]
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
+            numpy_dtype = np.int64 if spec.dtype == torch.int64 else np.float64
+            tensor = torch.as_tensor(np.asarray(value, dtype=numpy_dtype))
             if spec.scope == "graph":
                 tensor = tensor.reshape(1, *spec.trailing_shape)
             graph_labels[name] = tensor
@@ -213,7 +220,16 @@ class AtomicGraph:
             if not any(present):
                 fields[name] = None
                 continue
-            if not all(present):
+            if not all(present) and keys.FIELDS[name].optional_input:
+                spec = keys.FIELDS[name]
+                like = values[present.index(True)]
+                values = [
+                    v
+                    if v is not None
+                    else like.new_zeros((_scope_size_of(g, spec.scope), *spec.trailing_shape))
+                    for v, g in zip(values, graphs)
+                ]
+            elif not all(present):
                 missing = present.index(False)
                 raise ValueError(f"graph {missing} has no {name!r} but others do")
             if name == keys.EDGE_INDEX:
@@ -288,8 +304,8 @@ class AtomicGraph:
         }
 
     def with_labels(self, **labels: torch.Tensor | None) -> AtomicGraph:
-        """A copy with the given label fields replaced."""
-        unknown = set(labels) - set(keys.LABEL_FIELDS)
+        """A copy with the given label fields (or optional inputs such as ``head``) replaced."""
+        unknown = set(labels) - set(keys.LABEL_FIELDS) - set(keys.OPTIONAL_INPUT_FIELDS)
         if unknown:
             raise ValueError(f"not label fields: {sorted(unknown)}")
         return dataclasses.replace(self, **labels)
@@ -316,6 +332,15 @@ class _BatchOrField:
 
 
 AtomicGraph.batch = _BatchOrField()  # type: ignore[assignment]
+
+
+def _scope_size_of(graph: AtomicGraph, scope: str) -> int:
+    """Length of a ``"node"``, ``"edge"`` or ``"graph"`` dimension of ``graph``."""
+    if scope == "node":
+        return int(graph.positions.shape[0])
+    if scope == "edge":
+        return graph.num_edges
+    return graph.num_graphs
 
 
 def _stress_to_3x3(stress: Any) -> np.ndarray:

@@ -26,6 +26,7 @@ FORCES: Final[str] = "forces"
 STRESS: Final[str] = "stress"
 CHARGE: Final[str] = "charge"
 SPIN: Final[str] = "spin"
+HEAD: Final[str] = "head"
 
 # Model outputs that are not graph fields.
 ATOMIC_ENERGIES: Final[str] = "energies"
@@ -41,12 +42,15 @@ class FieldSpec:
         dtype: the torch dtype the field is stored in.
         trailing_shape: shape after the scope dimension.
         label: True for optional training labels.
+        optional_input: True for a model input that may be absent; absent means 0 (batching
+            fills it with zeros for structures that lack it).
     """
 
     scope: str
     dtype: torch.dtype
     trailing_shape: tuple[int, ...]
     label: bool = False
+    optional_input: bool = False
 
 
 FIELDS: Final[dict[str, FieldSpec]] = {
@@ -63,7 +67,14 @@ FIELDS: Final[dict[str, FieldSpec]] = {
     STRESS: FieldSpec("graph", torch.float64, (3, 3), label=True),
     CHARGE: FieldSpec("graph", torch.float64, (), label=True),
     SPIN: FieldSpec("graph", torch.float64, (), label=True),
+    # index of the level-of-theory head of each structure (0 when absent)
+    HEAD: FieldSpec("graph", torch.int64, (), optional_input=True),
 }
 
-REQUIRED_FIELDS: Final[tuple[str, ...]] = tuple(k for k, v in FIELDS.items() if not v.label)
+REQUIRED_FIELDS: Final[tuple[str, ...]] = tuple(
+    k for k, v in FIELDS.items() if not (v.label or v.optional_input)
+)
 LABEL_FIELDS: Final[tuple[str, ...]] = tuple(k for k, v in FIELDS.items() if v.label)
+OPTIONAL_INPUT_FIELDS: Final[tuple[str, ...]] = tuple(
+    k for k, v in FIELDS.items() if v.optional_input
+)

@@ -11,9 +11,14 @@ import numpy as np
 import torch
 import vesin
 
-__all__ = ["neighbor_list", "validate_structure"]
+__all__ = ["MIN_DISTANCE", "check_min_distance", "neighbor_list", "validate_structure"]
 
 ArrayLike = np.ndarray | torch.Tensor
+
+MIN_DISTANCE = 0.1
+"""Å. Two atoms closer than this are refused: no bond is shorter than ~0.7 Å (H2 0.74 Å) and
+even high-temperature collisions stay well above 0.3 Å, so a distance below 0.1 Å can only be
+a duplicated atom or a unit mistake. A model would return garbage there, and NaN at zero."""
 
 
 def _as_numpy(value: ArrayLike | None, dtype: type, name: str) -> np.ndarray | None:
@@ -67,11 +72,44 @@ def validate_structure(
             raise ValueError("cell is singular along its periodic directions")
 
 
+def check_min_distance(
+    edge_index: ArrayLike,
+    squared_distances: ArrayLike,
+    cell_shifts: ArrayLike | None = None,
+    min_distance: float = MIN_DISTANCE,
+) -> None:
+    """Raise ``ValueError`` naming the closest pair when atoms overlap.
+
+    Args:
+        edge_index: (2, n_edges) atom indices ``i, j`` of each pair.
+        squared_distances: (n_edges,) squared pair distances, Å².
+        cell_shifts: (n_edges, 3) image shifts, to tell an atom and its own periodic image.
+        min_distance: Å; pairs closer than this are an error.
+    """
+    if len(squared_distances) == 0:
+        return
+    k = int(squared_distances.argmin())
+    if float(squared_distances[k]) >= min_distance**2:
+        return
+    n_close = int((squared_distances < min_distance**2).sum()) // 2  # full list: both directions
+    i, j = int(edge_index[0][k]), int(edge_index[1][k])
+    distance = float(squared_distances[k]) ** 0.5
+    pair = f"atoms {i} and {j}" if i != j else f"atom {i} and its periodic image"
+    if i != j and cell_shifts is not None and any(int(s) != 0 for s in cell_shifts[k]):
+        pair += " (periodic image)"
+    more = f" ({n_close} such pairs)" if n_close > 1 else ""
+    raise ValueError(
+        f"{pair} are {distance:.3g} Å apart, closer than {min_distance} Å{more}: "
+        "overlapping or duplicated atoms, or positions in the wrong unit"
+    )
+
+
 def neighbor_list(
     positions: ArrayLike,
     cell: ArrayLike | None,
     pbc: ArrayLike | bool,
     cutoff: float,
+    min_distance: float = MIN_DISTANCE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs within ``cutoff`` of one structure, in both directions.
 
@@ -80,6 +118,8 @@ def neighbor_list(
         cell: (3, 3) Å with lattice vectors as rows, or None for a molecule (no periodicity).
         pbc: (3,) bool, or one bool for all three directions.
         cutoff: radius in Å, > 0.
+        min_distance: Å; closer pairs are refused (0 accepts any positions, e.g. random
+            points in tests).
 
     Returns:
         ``edge_index`` (2, n_edges) int64 with row 0 the receiving atom i and row 1 the
@@ -89,7 +129,8 @@ def neighbor_list(
 
     Raises:
         ValueError: NaN/inf positions, ``cutoff <= 0``, a singular cell along a periodic
-            direction, or shapes that do not match.
+            direction, shapes that do not match, or two atoms closer than
+            :data:`MIN_DISTANCE` (:func:`check_min_distance`).
     """
     positions_np = _as_numpy(positions, np.float64, "positions")
     cell_np = _as_numpy(cell, np.float64, "cell")
@@ -108,9 +149,11 @@ def neighbor_list(
     if n_atoms == 0:
         return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 3), dtype=torch.int64)
     calculator = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    pairs, shifts = calculator.compute(
-        positions_np, cell_np, pbc_np.tolist(), quantities="PS", copy=False
+    pairs, shifts, distances = calculator.compute(
+        positions_np, cell_np, pbc_np.tolist(), quantities="PSd", copy=False
     )
+    if min_distance > 0:
+        check_min_distance(pairs.T, distances * distances, shifts, min_distance)
     # (E, 2) uint64 pairs -> (2, E) int64; (E, 3) int32 shifts -> int64. One copy each.
     edge_index = torch.from_numpy(np.ascontiguousarray(pairs.T).astype(np.int64, copy=False))
     cell_shifts = torch.from_numpy(shifts.astype(np.int64))

@@ -36,10 +36,12 @@ __all__ = [
     "check_cutoff_continuity",
     "check_equivariance",
     "check_finite_differences",
+    "check_graph_inputs",
     "check_isolated_atom",
     "check_molecule",
     "check_supercell",
     "check_torchscript",
+    "graph_inputs",
     "perturb_parameters",
     "random_orthogonal",
     "rattled_crystal",
@@ -103,8 +105,34 @@ def rattled_crystal(
     return atoms
 
 
-def _graph(atoms: Atoms, cutoff: float, device: str) -> AtomicGraph:
-    return AtomicGraph.from_atoms(atoms, cutoff, read_labels=False).to(device)
+#: values of the per-structure inputs used when a structure's ``info`` does not set them
+TEST_STATE: dict[str, int] = {keys.CHARGE: 1, keys.SPIN: 2}
+
+
+def graph_inputs(model: nn.Module, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The per-structure inputs ``model`` needs beyond the geometry, for one structure.
+
+    ``charge`` and ``spin`` for a model listing them in ``required_inputs``, ``head`` for a
+    model with more than one of ``heads`` (the last head, exercising a non-default one). Values
+    come from ``info`` where it has them, else from :data:`TEST_STATE`.
+    """
+    info = info or {}
+    inputs: dict[str, Any] = {}
+    for name in getattr(model, "required_inputs", []):
+        inputs[name] = info.get(name, TEST_STATE[name])
+    heads = list(getattr(model, "heads", []))
+    if len(heads) > 1:
+        inputs[keys.HEAD] = info.get(keys.HEAD, len(heads) - 1)
+    return inputs
+
+
+def _graph(atoms: Atoms, cutoff: float, device: str, model: nn.Module) -> AtomicGraph:
+    graph = AtomicGraph.from_atoms(atoms, cutoff, read_labels=False)
+    inputs = graph_inputs(model, atoms.info)
+    fields = {
+        name: torch.tensor([value], dtype=keys.FIELDS[name].dtype) for name, value in inputs.items()
+    }
+    return graph.with_labels(**fields).to(device)
 
 
 def _evaluate(
@@ -134,14 +162,14 @@ def check_equivariance(
     stress rotates (``R s R^T``). Returns the relative errors; asserts them when ``exact``.
     """
     cutoff = float(model.cutoff)
-    reference = _evaluate(model, _graph(atoms, cutoff, device), stress=True)
+    reference = _evaluate(model, _graph(atoms, cutoff, device, model), stress=True)
     rotation = random_orthogonal(seed, reflect=True)
     rng = np.random.default_rng(seed)
     permutation = rng.permutation(len(atoms))
     moved = atoms[permutation]
     moved.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
     moved.positions = atoms.positions[permutation] @ rotation.T + rng.normal(size=3)
-    result = _evaluate(model, _graph(moved, cutoff, device), stress=True)
+    result = _evaluate(model, _graph(moved, cutoff, device, model), stress=True)
     rot = torch.tensor(rotation, dtype=torch.float64, device=device)
     perm = torch.as_tensor(permutation, device=device)
     errors = {
@@ -162,8 +190,8 @@ def check_supercell(
 ) -> dict[str, float]:
     """A 2x2x2 supercell has 8x the energy, the same per-atom forces and the same stress."""
     cutoff = float(model.cutoff)
-    single = _evaluate(model, _graph(atoms, cutoff, device), stress=True)
-    big = _evaluate(model, _graph(atoms.repeat((2, 2, 2)), cutoff, device), stress=True)
+    single = _evaluate(model, _graph(atoms, cutoff, device, model), stress=True)
+    big = _evaluate(model, _graph(atoms.repeat((2, 2, 2)), cutoff, device, model), stress=True)
     n = len(atoms)
     errors = {
         "energy": relative_error(big[keys.ENERGY], 8 * single[keys.ENERGY]),
@@ -196,9 +224,11 @@ def check_finite_differences(
 
     def energy(structure: Atoms) -> float:
         with torch.no_grad():
-            return float(model(_graph(structure, cutoff, device).as_dict())[keys.ENERGY].sum())
+            return float(
+                model(_graph(structure, cutoff, device, model).as_dict())[keys.ENERGY].sum()
+            )
 
-    analytic = _evaluate(model, _graph(atoms, cutoff, device), stress=True)
+    analytic = _evaluate(model, _graph(atoms, cutoff, device, model), stress=True)
     forces = analytic[keys.FORCES].cpu().numpy()
     rng = np.random.default_rng(1)
     numeric_f, analytic_f = [], []
@@ -238,7 +268,13 @@ def check_batch_consistency(
 ) -> dict[str, float]:
     """A batch equals each structure alone; no gradient crosses structures; input unchanged."""
     cutoff = float(model.cutoff)
-    graphs = [_graph(s, cutoff, device) for s in structures]
+    structures = [s.copy() for s in structures]
+    n_heads = max(len(getattr(model, "heads", [])), 1)
+    for index, structure in enumerate(structures):  # a different state for each structure
+        structure.info.setdefault(keys.CHARGE, index - 1)
+        structure.info.setdefault(keys.SPIN, index + 1)
+        structure.info.setdefault(keys.HEAD, index % n_heads)
+    graphs = [_graph(s, cutoff, device, model) for s in structures]
     batch = AtomicGraph.batch(graphs)
     data = batch.as_dict()
     before = {k: v.clone() for k, v in data.items()}
@@ -283,8 +319,8 @@ def check_cutoff_continuity(
     def structure(distance: float) -> Atoms:
         return Atoms(numbers=numbers, positions=[[0, 0, 0], [1.1, 0.9, 0.0], [distance, 0, 0]])
 
-    inside = _graph(structure(cutoff - delta), cutoff, device)
-    outside = _graph(structure(cutoff + delta), cutoff, device)
+    inside = _graph(structure(cutoff - delta), cutoff, device, model)
+    outside = _graph(structure(cutoff + delta), cutoff, device, model)
     if inside.num_edges <= outside.num_edges:
         raise AssertionError("test setup: the neighbour did not cross the cutoff")
     a, b = _evaluate(model, inside), _evaluate(model, outside)
@@ -304,7 +340,9 @@ def check_isolated_atom(model: nn.Module, tolerance: float, device: str = "cpu")
     reference = {int(s): -1.5 - 0.25 * i for i, s in enumerate(model.species)}
     model = copy.deepcopy(model)
     model.set_statistics(reference_energies=reference, scale=1.7, shift=0.0)
-    graph = _graph(Atoms(numbers=[z], positions=[[0.1, 0.2, 0.3]]), float(model.cutoff), device)
+    graph = _graph(
+        Atoms(numbers=[z], positions=[[0.1, 0.2, 0.3]]), float(model.cutoff), device, model
+    )
     out = _evaluate(model, graph)
     error = relative_error(out[keys.ENERGY], torch.tensor([reference[z]], dtype=torch.float64))
     _check(error, tolerance, "isolated atom energy")
@@ -323,7 +361,7 @@ def check_molecule(
     mol.set_atomic_numbers([species[i % len(species)] for i in range(len(mol))])
     mol.positions *= 1.4
     cutoff = float(model.cutoff)
-    out = _evaluate(model, _graph(mol, cutoff, device))
+    out = _evaluate(model, _graph(mol, cutoff, device, model))
     if not bool(torch.isfinite(out[keys.FORCES]).all()):
         raise AssertionError("non-finite forces for a molecule")
     if out[keys.ENERGY].shape != (1,) or out[keys.ATOMIC_ENERGIES].shape != (len(mol),):
@@ -334,7 +372,7 @@ def check_molecule(
     rotation = random_orthogonal(seed)
     turned = mol.copy()
     turned.positions = mol.positions @ rotation.T
-    out2 = _evaluate(model, _graph(turned, cutoff, device))
+    out2 = _evaluate(model, _graph(turned, cutoff, device, model))
     rot = torch.tensor(rotation, device=device)
     errors = {
         "net_force": net,
@@ -352,7 +390,7 @@ def check_torchscript(
     """``torch.jit.script(ForceStress(model, True, True))`` matches eager and survives save/load;
     toggling ``compute_stress`` on the scripted module works; unknown elements raise."""
     cutoff = float(model.cutoff)
-    graph = _graph(atoms, cutoff, device)
+    graph = _graph(atoms, cutoff, device, model)
     eager = ForceStress(model, True, True).eval()
     scripted = torch.jit.script(ForceStress(model, True, True).eval())
     buffer = io.BytesIO()
@@ -382,6 +420,60 @@ def check_torchscript(
         else:
             raise AssertionError("an element outside the model's species did not raise")
     return errors
+
+
+def check_graph_inputs(model: nn.Module, atoms: Atoms, device: str = "cpu") -> dict[str, float]:
+    """Per-structure inputs (charge, spin, head) change the energy and are validated.
+
+    For a model with ``required_inputs`` ``charge``/``spin``: other states give other energies;
+    a missing input, a non-integer charge and an unknown head each raise an error naming the
+    field, in eager mode and scripted. Returns the energy changes (eV) per input. Empty for a
+    model without such inputs.
+    """
+    cutoff = float(model.cutoff)
+    required = list(getattr(model, "required_inputs", []))
+    heads = list(getattr(model, "heads", []))
+    if not required and len(heads) <= 1:
+        return {}
+    scripted = torch.jit.script(ForceStress(model, True, False).eval())
+    base = dict(graph_inputs(model, {}))
+
+    def energy(**changes: Any) -> float:
+        structure = atoms.copy()
+        structure.info.update({**base, **changes})
+        with torch.no_grad():
+            return float(model(_graph(structure, cutoff, device, model).as_dict())[keys.ENERGY])
+
+    def expect_error(data: dict[str, torch.Tensor], needle: str, what: str) -> None:
+        for module in (model, scripted):
+            try:
+                module(data)
+            except Exception as exc:  # TorchScript re-raises as torch.jit.Error
+                if needle not in str(exc):
+                    raise AssertionError(f"{what}: unclear error {exc}") from exc
+            else:
+                raise AssertionError(f"{what}: no error")
+
+    reference = energy()
+    changes: dict[str, float] = {}
+    data = _graph(atoms, cutoff, device, model).as_dict()
+    if keys.CHARGE in required:
+        changes[keys.CHARGE] = abs(energy(charge=base[keys.CHARGE] - 1) - reference)
+        changes[keys.SPIN] = abs(energy(spin=base[keys.SPIN] + 2) - reference)
+        for name in (keys.CHARGE, keys.SPIN):
+            missing = {k: v for k, v in data.items() if k != name}
+            expect_error(missing, f"'{name}'", f"missing {name}")
+        fractional = {**data, keys.CHARGE: data[keys.CHARGE] + 0.5}
+        expect_error(fractional, "charge must be an integer", "non-integer charge")
+    if len(heads) > 1:
+        changes[keys.HEAD] = abs(energy(head=0) - reference)
+        unknown = {**data, keys.HEAD: torch.full_like(data[keys.HEAD], len(heads))}
+        expect_error(unknown, str(heads), "unknown head")
+    scale = max(abs(reference), 1.0)
+    for name, change in changes.items():
+        if not change > 1e-7 * scale:
+            raise AssertionError(f"changing {name} does not change the energy ({change:.3e} eV)")
+    return changes
 
 
 # ---------------------------------------------------------------------- pytest mixin
@@ -466,6 +558,11 @@ class EnergyModelTests:
     def test_torchscript(self, model: nn.Module, dtype: torch.dtype, device: str) -> None:
         check_torchscript(model, rattled_crystal(), TOLERANCES[dtype]["script"], device)
 
+    def test_graph_inputs(self, model: nn.Module, dtype: torch.dtype, device: str) -> None:
+        if not getattr(model, "required_inputs", []) and len(getattr(model, "heads", [])) <= 1:
+            pytest.skip("the model takes no charge, spin or head inputs")
+        check_graph_inputs(model, rattled_crystal(), device)
+
     def test_config_roundtrip(self, model: nn.Module, dtype: torch.dtype, device: str) -> None:
         import json
 
@@ -474,7 +571,7 @@ class EnergyModelTests:
         config = json.loads(json.dumps(model.config))
         rebuilt = build_model(**config).to(device)
         rebuilt.load_state_dict(model.state_dict())
-        graph = _graph(rattled_crystal(), float(model.cutoff), device)
+        graph = _graph(rattled_crystal(), float(model.cutoff), device, model)
         with torch.no_grad():
             a = model(graph.as_dict())[keys.ENERGY]
             b = rebuilt(graph.as_dict())[keys.ENERGY]

@@ -1,4 +1,4 @@
-"""The shipped model data/demo/model.pt: present, valid, and physically sensible on Cu-Au."""
+"""The shipped model calculators/data/model.pt: present, valid, and physically sensible on Cu-Au."""
 
 from __future__ import annotations
 
@@ -15,15 +15,29 @@ from calculators import relax_cli
 from calculators.defaults import default_model_path
 from mlip.export import read_metadata
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo"
 
 
 def test_builtin_model_is_shipped_with_metadata() -> None:
     path = default_model_path()
-    assert path == DEMO / "model.pt" and path.stat().st_size < 5_000_000
+    assert path == ROOT / "calculators" / "data" / "model.pt" and path.stat().st_size < 5_000_000
     metadata = read_metadata(path)
     assert metadata["species"] == ["Cu", "Au"]
     assert metadata["info"]["metrics"], "training metrics are recorded in the model"
+
+
+def test_builtin_model_is_package_data() -> None:
+    """A non-editable install gets the file only if it lives in a package and is listed."""
+    from importlib import resources
+
+    from calculators.defaults import DEFAULT_MODEL_RESOURCE
+
+    resource = resources.files("calculators").joinpath(DEFAULT_MODEL_RESOURCE)
+    assert resource.is_file() and Path(str(resource)).resolve() == default_model_path()
+    pyproject = (ROOT / "pyproject.toml").read_text()  # no tomllib before Python 3.11
+    section = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    assert f'calculators = ["{DEFAULT_MODEL_RESOURCE}"]' in section
 
 
 def test_relaxed_volume_within_one_percent_of_emt(tmp_path: Path, monkeypatch) -> None:

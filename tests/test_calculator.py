@@ -172,3 +172,34 @@ def test_nve_conserves_energy_and_skin_reuse_is_exact(model_file: Path) -> None:
     assert not mismatched_steps, f"reused neighbour list differs at steps {mismatched_steps[:5]}"
     assert worst < 1e-10, f"skin reuse changed results by {worst:.2e}"
     assert calc._neighbors.rebuilds < 100, "the neighbour list was not reused"
+
+
+def test_overlapping_atoms_are_refused_not_nan(model_file: Path) -> None:
+    atoms = _cu_au()
+    atoms.calc = MLIPCalculator(model_file)
+    atoms.get_forces()
+    atoms.positions[3] = atoms.positions[5] + [0.0, 0.0, 0.02]  # within the skin: no rebuild
+    with pytest.raises(ValueError, match=r"atoms (3 and 5|5 and 3) are 0\.02 Å apart"):
+        atoms.get_potential_energy()
+    with pytest.raises(ValueError, match="structure 1: atoms"):
+        atoms.calc.calculate_batch([_cu_au(), atoms])
+
+
+def test_zero_atoms_give_a_clear_error(model_file: Path) -> None:
+    empty = bulk("Cu", "fcc", a=3.7)[[]]
+    empty.calc = MLIPCalculator(model_file)
+    with pytest.raises(ValueError, match="the structure has no atoms"):
+        empty.get_potential_energy()
+    with pytest.raises(ValueError, match="structure 0: the structure has no atoms"):
+        empty.calc.calculate_batch([empty])
+
+
+def test_no_model_means_the_builtin_model() -> None:
+    from calculators.defaults import default_model_path
+
+    calc = MLIPCalculator()
+    assert calc.metadata == MLIPCalculator(default_model_path()).metadata
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.symbols[0] = "Au"
+    atoms.calc = calc
+    assert np.isfinite(atoms.get_potential_energy())

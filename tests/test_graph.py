@@ -89,6 +89,24 @@ def test_batch_rejects_partial_labels() -> None:
         AtomicGraph.batch([cu, bare])
 
 
+def test_head_is_optional_and_batches_as_zero_where_absent() -> None:
+    water = AtomicGraph.from_atoms(molecule("H2O"), 3.0)
+    methane = AtomicGraph.from_arrays(
+        molecule("CH4").positions, molecule("CH4").numbers, 3.0, head=2, charge=1, spin=2
+    )
+    assert water.head is None and keys.HEAD not in water.as_dict()
+    assert methane.head.dtype == torch.int64 and methane.head.tolist() == [2]
+    with pytest.raises(ValueError, match="has no 'charge'"):
+        AtomicGraph.batch([methane, water])
+    water = water.with_labels(
+        charge=torch.zeros(1, dtype=torch.float64), spin=torch.ones(1).double()
+    )
+    batch = AtomicGraph.batch([water, methane, water])
+    assert batch.head.tolist() == [0, 2, 0]
+    assert [g.head.tolist() for g in batch.split()] == [[0], [2], [0]]
+    assert batch.charge.tolist() == [0.0, 1.0, 0.0]
+
+
 def test_validation_names_the_field() -> None:
     graph = _labelled_cu()
     with pytest.raises(ValueError, match="forces"):

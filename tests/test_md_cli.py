@@ -190,3 +190,78 @@ def test_md_with_real_mlip_calculator(real_model, inputs, capsys):
 def test_default_model(inputs):
     argv = ["cuau.cif", "--ensemble", "nve", "--temperature", "300", "--timestep", "1"]
     assert md_cli.main([*argv, "--steps", "2"]) == 0
+
+
+# ------------------------------------------------- issue 12: blown-up runs, progress, inputs
+
+
+def test_blown_up_nve_exits_1_and_keeps_written_frames(emt, inputs, capsys):
+    argv = ["cuau.cif", "--ensemble", "nve", "--temperature", "300", "--timestep", "50"]
+    assert md_cli.main([*argv, "--steps", "200", "--interval", "1"]) == 1
+    line = _error_line(capsys)
+    assert "simulation blew up at step " in line and "total energy drifted" in line
+    assert "try a smaller --timestep (now 50 fs)" in line
+    blown_at = int(line.split("blew up at step ")[1].split()[0])
+    _, data = _read_log()
+    frames = read("md.extxyz", ":")
+    assert f"the {len(frames)} frame(s) written before are kept" in line
+    assert [f.info["step"] for f in frames] == data[:, 0].tolist() == list(range(blown_at))
+    assert np.all(np.isfinite(data)) and Path("md.png").is_file()
+
+
+def test_stability_guard_flags_temperature_and_non_finite_values(inputs):
+    from ase.calculators.emt import EMT
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = read("cuau.cif")
+    atoms.calc = EMT()
+    guard = md_cli.StabilityGuard(VelocityVerlet(atoms, 1.0), atoms, "nvt", 300.0, 1.0)
+    assert guard.problem() is None
+    assert md_cli.temperature_limit(300.0) == 3500.0
+    atoms.set_momenta(np.full((4, 3), 5.0))  # ~1e5 K
+    assert "(limit 3500 K)" in guard.problem()
+    atoms.positions[0, 0] = np.nan
+    assert guard.problem() == "non-finite positions"
+
+
+def test_progress_lines_when_not_a_terminal(emt, inputs, capsys):
+    argv = ["cuau.cif", "--ensemble", "nvt", "--temperature", "300", "--timestep", "2"]
+    assert md_cli.main([*argv, "--steps", "40", "--interval", "1"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("mlip-md: step ")]
+    assert lines[0].startswith("mlip-md: step 0/40  t = 0 fs  T = ")
+    assert lines[-1].startswith("mlip-md: step 40/40  t = 80 fs")
+    assert len(lines) == 21 and all("E_tot = " in x and " GPa" in x for x in lines)
+
+
+def test_output_equal_to_input_and_bad_frames_are_refused(emt, inputs, capsys):
+    argv = ["--ensemble", "nve", *BASE, "--overwrite"]
+    assert md_cli.main(["two.extxyz@0", *argv, "-o", "two.extxyz"]) == 1
+    assert "'two.extxyz' is also an input" in _error_line(capsys)
+    assert len(read("two.extxyz", ":")) == 2
+    assert md_cli.main(["two.extxyz@7", *argv]) == 1
+    assert "two.extxyz@7: index out of range, the file holds 2 frame(s)" in _error_line(capsys)
+    nan = read("cuau.cif")
+    nan.positions[2, 1] = np.inf
+    write("nan.extxyz", nan)
+    assert md_cli.main(["nan.extxyz", *argv]) == 1
+    assert "nan.extxyz (frame 0): positions contain NaN or inf (atoms [2])" in _error_line(capsys)
+
+
+def test_ctrl_c_keeps_written_frames(inputs, capsys, monkeypatch):
+    class InterruptedEMT(ContractEMT):
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            InterruptedEMT.calls += 1
+            if InterruptedEMT.calls == 13:  # as if Ctrl-C were pressed during step 12
+                raise KeyboardInterrupt
+            super().calculate(*args, **kwargs)
+
+    monkeypatch.setattr(cli_common, "make_calculator", lambda model, device: InterruptedEMT())
+    argv = ["cuau.cif", "--ensemble", "nvt", "--temperature", "300", "--timestep", "2"]
+    assert md_cli.main([*argv, "--steps", "100", "--interval", "5"]) == 130
+    line = _error_line(capsys)
+    assert line.startswith("mlip-md: error: interrupted at step ")
+    frames = read("md.extxyz", ":")
+    assert f"the {len(frames)} frame(s) written before are kept in md.extxyz and md.csv" in line
+    assert [f.info["step"] for f in frames] == _read_log()[1][:, 0].tolist() == [0, 5, 10]

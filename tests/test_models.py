@@ -55,6 +55,31 @@ class TestGMEPGridMLP(EnergyModelTests):
     exact = False
 
 
+class TestGMEPChargeSpinHeads(EnergyModelTests):
+    """Total charge and spin multiplicity as inputs, two heads, vector features between layers
+    (the first layer runs on per-atom features, not the species table)."""
+
+    model_kwargs = {
+        "preset": "small",
+        "lmax_hidden": 1,
+        "charge_spin": True,
+        "heads": ["omol", "mptrj"],
+        **_TINY,
+    }
+
+
+class TestGMEPHeadsOnlyMLPRadial(EnergyModelTests):
+    """Two heads without charge/spin, with the per-edge (Bessel MLP radial) message path."""
+
+    model_kwargs = {
+        "preset": "small",
+        "radial": "mlp",
+        "radial_mlp_hidden": [8],
+        "heads": ["a", "b"],
+        **_TINY,
+    }
+
+
 def test_every_registered_model_is_covered() -> None:
     assert set(MODELS) == {"gmep"}
 

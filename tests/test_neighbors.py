@@ -52,7 +52,7 @@ def test_matches_ase_oracle(case: int) -> None:
     cutoff = float(rng.uniform(0.8, 5.0))
     atoms = Atoms(numbers=np.ones(n_atoms, int), positions=positions, cell=cell, pbc=pbc)
     expected = _as_set(*ase_neighbor_list("ijS", atoms, cutoff))
-    edge_index, shifts = neighbor_list(positions, cell, pbc, cutoff)
+    edge_index, shifts = neighbor_list(positions, cell, pbc, cutoff, min_distance=0.0)
     assert edge_index.dtype == torch.int64 and shifts.dtype == torch.int64
     got = _as_set(edge_index[0].numpy(), edge_index[1].numpy(), shifts.numpy())
     assert len(got) == edge_index.shape[1], "duplicate edges"
@@ -109,6 +109,22 @@ def test_slab_with_zero_vacuum_vector() -> None:
 def test_bad_input_raises_clear_value_error(positions, cell, pbc, cutoff, message) -> None:
     with pytest.raises(ValueError, match=message):
         neighbor_list(np.asarray(positions, dtype=float), cell, pbc, cutoff)
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 0, 0)], ids=["same-cell", "image"])
+def test_overlapping_atoms_are_named(shift) -> None:
+    cell = 4.0 * np.eye(3)
+    positions = np.array([[0.5, 0.5, 0.5], [2.0, 2.0, 2.0], [0.55, 0.5, 0.5]])
+    positions[2] -= np.asarray(shift) @ cell  # the partner sits one cell away: an image pair
+    with pytest.raises(ValueError, match=r"atoms (0 and 2|2 and 0).* 0\.05 Å apart"):
+        neighbor_list(positions, cell, True, 3.0)
+    positions[2, 0] += 0.2  # 0.25 Å: short, but possible in a hot collision
+    assert neighbor_list(positions, cell, True, 3.0)[0].shape[1] > 0
+
+
+def test_atom_overlapping_its_own_image_is_named() -> None:
+    with pytest.raises(ValueError, match="atom 0 and its periodic image"):
+        neighbor_list(np.zeros((1, 3)), np.diag([0.05, 3.0, 3.0]), True, 3.0)
 
 
 def test_singular_cell_along_non_periodic_direction_is_fine() -> None:

@@ -216,3 +216,127 @@ def test_relax_with_real_mlip_calculator(real_model, inputs, capsys):
 def test_default_model(inputs):
     cuau = Path(__file__).resolve().parents[1] / "data" / "demo" / "CuAu_rattled.cif"
     assert relax_cli.main([str(cuau), "--steps", "2"]) in (0, relax_cli.EXIT_NOT_CONVERGED)
+
+
+# ----------------------------------------------------------------- issue 12: no lost work
+
+
+def test_bad_frames_are_skipped_and_reported(emt, inputs, capsys):
+    cu = read("cu.cif")
+    fe = bulk("Fe", "bcc", a=2.87, cubic=True)
+    nan = cu.copy()
+    nan.positions[1, 2] = np.nan
+    write("mixed.extxyz", [cu, fe, nan, cu])
+    assert relax_cli.main(["mixed.extxyz", "--summary", "s.csv"]) == relax_cli.EXIT_SKIPPED == 3
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert "Traceback" not in captured.err
+    assert any("mixed.extxyz (frame 1)" in w and "Fe" in w and "skipped" in w for w in warnings)
+    assert any("mixed.extxyz (frame 2)" in w and "NaN" in w for w in warnings)
+    assert [a.info["source_frame"] for a in read("relaxed.extxyz", ":")] == [0, 3]
+    with open("s.csv") as handle:
+        assert [r["frame"] for r in csv.DictReader(handle)] == ["0", "3"]
+
+
+def test_outputs_are_checked_before_computing(emt, inputs, capsys):
+    Path("plain_file").write_text("")
+    assert relax_cli.main(["cu.cif", "--summary", "plain_file/s.csv"]) == 1
+    assert (
+        "cannot write output 'plain_file/s.csv': 'plain_file' is a file, not a directory"
+        in _error_line(capsys)
+    )
+    assert emt == [] and not Path("relaxed.extxyz").exists()  # no model was even built
+    assert relax_cli.main(["au.extxyz", "-o", "au.extxyz", "--overwrite"]) == 1
+    assert "'au.extxyz' is also an input" in _error_line(capsys)
+    assert len(read("au.extxyz", ":")) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "argv", "expected"),
+    [
+        ("", ["empty.extxyz"], "cannot read empty.extxyz: the file is empty"),
+        (None, ["au.extxyz@5"], "au.extxyz@5: index out of range, the file holds 2 frame(s)"),
+        (None, ["au.extxyz@1:1"], "au.extxyz@1:1 selects no frame"),
+        ("truncate", ["cut.extxyz"], "cannot read cut.extxyz, frame 1 (after 1 readable"),
+    ],
+)
+def test_unreadable_inputs_name_file_and_frame(emt, inputs, capsys, content, argv, expected):
+    if content == "":
+        Path("empty.extxyz").write_text("")
+    if content == "truncate":
+        Path("cut.extxyz").write_text(Path("au.extxyz").read_text()[:-40])
+    assert relax_cli.main(argv) == 1
+    line = _error_line(capsys)
+    assert expected in line and "StopIteration" not in line
+
+
+def test_cell_relaxation_meets_the_stress_criterion(emt, inputs, capsys):
+    argv = ["cu.cif", "--fmax", "0.05", "--smax", "0.02", "--summary", "s.json"]
+    assert relax_cli.main(argv) == 0
+    (row,) = json.loads(Path("s.json").read_text())["structures"]
+    stress = read("relaxed.extxyz").get_stress()
+    assert row["max_stress_GPa"] == pytest.approx(np.abs(stress).max() / units.GPa)
+    assert row["max_stress_GPa"] < 0.02 and row["max_force_eV_per_A"] < 0.05
+    # loosely converged forces alone would have stopped earlier, at a larger stress
+    assert relax_cli.main([*argv[:-1], "l.json", "--smax", "5", "-o", "l.extxyz"]) == 0
+    (loose,) = json.loads(Path("l.json").read_text())["structures"]
+    assert loose["steps"] < row["steps"]
+
+
+def test_progress_lines_when_not_a_terminal(emt, inputs, capsys):
+    assert relax_cli.main(["cu.cif", "--progress-every", "2", "--summary", "s.csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    steps = [line for line in out if line.startswith("[1/1] cu.cif (frame 0) Cu4: step ")]
+    assert steps[0].startswith("[1/1] cu.cif (frame 0) Cu4: step 0  E = ")
+    assert len(steps) >= 2 and all("fmax = " in s and "smax = " in s for s in steps)
+    (done,) = [line for line in out if "converged in" in line]
+    assert "GPa" in done
+
+
+def test_multi_frame_cif_output_is_written_per_structure(emt, inputs):
+    assert relax_cli.main(["au.extxyz", "-o", "out.cif"]) == 0
+    assert len(read("out.cif", ":")) == 2
+
+
+def test_ctrl_c_keeps_finished_structures(inputs):
+    """SIGINT a real run after some structures: output and summaries hold exactly those."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cuau = read(Path(__file__).resolve().parents[1] / "data" / "demo" / "CuAu_rattled.cif")
+    write("many.extxyz", [cuau] * 40)
+    script = "import sys; from calculators.relax_cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["many.extxyz", "--steps", "15", "--fmax", "1e-9", "--summary", "s.csv"]
+    argv += ["--summary", "s.json", "--progress-every", "0"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if Path("s.csv").exists() and len(Path("s.csv").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err.decode()
+    assert lines[0].startswith("mlip-relax: error: interrupted after ")
+    assert "the finished ones are in relaxed.extxyz, s.csv, s.json" in lines[0]
+    relaxed = read("relaxed.extxyz", ":")
+    with open("s.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    structures = json.loads(Path("s.json").read_text())["structures"]
+    assert 2 <= len(relaxed) == len(rows) == len(structures) < 40
+    assert f"interrupted after {len(rows)} of 40" in lines[0]
+    assert [a.info["source_frame"] for a in relaxed] == list(range(len(rows)))
+
+
+def test_json_summary_is_complete_after_many_structures(emt, inputs):
+    write("many.extxyz", [read("cu.cif")] * 120)
+    argv = ["many.extxyz", "--no-cell", "--steps", "1", "--progress-every", "0"]
+    assert relax_cli.main([*argv, "--summary", "s.json"]) == relax_cli.EXIT_NOT_CONVERGED
+    structures = json.loads(Path("s.json").read_text())["structures"]
+    assert [s["frame"] for s in structures] == list(range(120))

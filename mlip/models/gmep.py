@@ -12,10 +12,14 @@ Per interaction layer t (features ``h`` stored degree-major, ``(D, N, C)``)::
 Nothing on the node side has a bias and the first layer has no skip, so an atom without
 neighbours has ``e_i = 0`` and energy ``E0(Z) + shift`` exactly.
 
-and ``E = sum_i [E0(Z_i) + scale * e_i + shift]``. Radial weights are, by default, linear in a
-uniform cubic B-spline basis whose last three control points are zero (C^2 cutoff, no radial
-MLP). Node features carry degrees ``<= lmax_hidden`` between layers; edge harmonics and the
-atomic basis A go up to ``lmax``.
+and ``E = sum_i [E0(Z_i) + scale * e_i + shift]``. With ``charge_spin`` (total charge and
+spin multiplicity as inputs) or several ``heads`` (levels of theory), a per-structure state
+vector (:class:`~mlip.nn.graph_state.GraphStateEmbedding`) is added to the initial node features;
+with ``heads``, ``E0``, ``scale`` and ``shift`` are per head, selected by the ``head`` input
+(the state vector never reaches an atom without neighbours, which keeps ``E0 + shift``).
+Radial weights are, by default, linear in a uniform cubic B-spline basis whose last three
+control points are zero (C^2 cutoff, no radial MLP). Node features carry degrees
+``<= lmax_hidden`` between layers; edge harmonics and the atomic basis A go up to ``lmax``.
 
 Presets (measured with ``torch.utils.flop_counter.FlopCounterMode`` on rattled fcc Cu,
 a = 3.61 Å, cutoff 6 Å, 78 neighbours per atom, 256 atoms; "FLOPs" counts matmul-type ops only,
@@ -44,6 +48,7 @@ from ase.data import chemical_symbols
 from torch import Tensor, nn
 
 from mlip import keys
+from mlip.nn.graph_state import GraphStateEmbedding
 from mlip.nn.harmonics import SphericalHarmonics, num_sh
 from mlip.nn.linear import DegreeLinear, degree_index
 from mlip.nn.message import EdgeMessage, message_paths
@@ -76,6 +81,13 @@ class GMEPConfig:
         grid_mlp_hidden: hidden width of the grid MLP.
         readout_hidden: hidden width of the last layer's readout MLP.
         avg_num_neighbors: initial value of the normalisation buffer.
+        charge_spin: total charge and spin multiplicity (``charge``, ``spin`` graph fields,
+            integers) are required inputs, embedded into the initial node features.
+        heads: names of the levels of theory (None: one unnamed head). Each head has its own
+            reference energies, scale and shift; the ``head`` graph field (index into this
+            list, 0 when absent) selects them, and with more than one head it is embedded too.
+        max_charge: charges in ``[-max_charge, max_charge]`` are accepted (charge_spin).
+        max_multiplicity: multiplicities in ``[1, max_multiplicity]`` are accepted.
     """
 
     species: list[int]
@@ -94,6 +106,10 @@ class GMEPConfig:
     grid_mlp_hidden: int = 16
     readout_hidden: int = 16
     avg_num_neighbors: float = 30.0
+    charge_spin: bool = False
+    heads: list[str] | None = None
+    max_charge: int = 10
+    max_multiplicity: int = 11
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -154,7 +170,13 @@ class _Interaction(nn.Module):
     """One GMEP layer: message, mixer, gate, residual, readout."""
 
     def __init__(
-        self, cfg: GMEPConfig, lmax_in: int, lmax_out: int, last: bool, residual: bool
+        self,
+        cfg: GMEPConfig,
+        lmax_in: int,
+        lmax_out: int,
+        last: bool,
+        residual: bool,
+        species_only_input: bool = True,
     ) -> None:
         super().__init__()
         channels = cfg.channels
@@ -202,12 +224,14 @@ class _Interaction(nn.Module):
         # Layer 0 sees species-only features and, with the linear spline radial, its atomic
         # basis factorises: A_i = sum_{s,k} [sum_{j in s} B_k(r_ij) Y(r_ij)] W_k u_s. The
         # per-edge tensor is then (K, D) instead of (D, C) and the rest is a node-side GEMM.
-        self.species_factorised = (not residual) and lmax_in == 0 and cfg.radial == "spline"
+        self.species_factorised = (
+            (not residual) and species_only_input and lmax_in == 0 and cfg.radial == "spline"
+        )
         self.num_species = len(cfg.species)
         # Later layers with scalar inputs and the spline radial: A_i = sum_k W_k T_i[k] with
         # T_i = sum_j (B_k(r_ij) Y(r_ij)) h_j, one GEMM per receiver over its padded neighbour
         # list, so no (E, D, C) message tensor is formed.
-        self.receiver_gemm = residual and lmax_in == 0 and cfg.radial == "spline"
+        self.receiver_gemm = not self.species_factorised and lmax_in == 0 and cfg.radial == "spline"
 
     def _atomic_basis_species(
         self, features: Tensor, n_nodes: int, outer_padded: Tensor, species_slot: Tensor
@@ -339,10 +363,14 @@ class GMEP(nn.Module):
         config: JSON-serialisable dict; ``mlip.models.build_model(**model.config)`` rebuilds
             the same architecture.
 
+        heads: head names (empty for a model without ``heads``).
+        required_inputs: graph fields beyond the geometry the model needs
+            (``["charge", "spin"]`` with ``charge_spin``).
+
     Buffers (saved in the state dict):
         avg_num_neighbors: scalar, message normalisation.
-        reference_energies: (S,) float64 eV, E0 per species.
-        scale, shift: float64 scalars, eV (shift is per atom).
+        reference_energies: (S,) float64 eV, E0 per species; (H, S) with ``heads``.
+        scale, shift: float64 scalars, eV (shift is per atom); (H,) with ``heads``.
     """
 
     def __init__(
@@ -377,6 +405,28 @@ class GMEP(nn.Module):
         for i, z in enumerate(self.species):
             index[z] = i
         self.register_buffer("species_index", index, persistent=False)
+        if cfg.heads is not None:
+            if not cfg.heads or len(set(cfg.heads)) != len(cfg.heads):
+                raise ValueError(f"heads must be a non-empty list of distinct names: {cfg.heads}")
+            if not all(isinstance(h, str) and h for h in cfg.heads):
+                raise ValueError(f"head names must be non-empty strings: {cfg.heads}")
+        self.heads = list(cfg.heads) if cfg.heads is not None else []
+        self.heads_text = str(self.heads)
+        self.num_heads: int = len(self.heads)
+        self.multi_head: bool = cfg.heads is not None
+        self.required_inputs = [keys.CHARGE, keys.SPIN] if cfg.charge_spin else []
+        self.graph_state = (
+            GraphStateEmbedding(
+                cfg.channels,
+                cfg.charge_spin,
+                len(self.heads),
+                max_charge=cfg.max_charge,
+                max_multiplicity=cfg.max_multiplicity,
+            )
+            if cfg.charge_spin or len(self.heads) > 1
+            else None
+        )
+        species_only_input = self.graph_state is None
 
         self.embedding = nn.Parameter(torch.randn(len(self.species), cfg.channels))
         self.edge_sh = SphericalHarmonics(cfg.lmax)
@@ -385,7 +435,7 @@ class GMEP(nn.Module):
         for t in range(cfg.num_layers):
             last = t == cfg.num_layers - 1
             lmax_out = 0 if last else cfg.lmax_hidden
-            layers.append(_Interaction(cfg, lmax_in, lmax_out, last, residual=t > 0))
+            layers.append(_Interaction(cfg, lmax_in, lmax_out, last, t > 0, species_only_input))
             lmax_in = lmax_out
         self.layers = nn.ModuleList(layers)
         self.first_layer_factorised: bool = layers[0].species_factorised
@@ -395,11 +445,13 @@ class GMEP(nn.Module):
         )
         self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
         self.to(dtype)
+        head_shape = (len(self.heads),) if self.multi_head else ()
         self.register_buffer(
-            "reference_energies", torch.zeros(len(self.species), dtype=torch.float64)
+            "reference_energies",
+            torch.zeros((*head_shape, len(self.species)), dtype=torch.float64),
         )
-        self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
-        self.register_buffer("shift", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(head_shape, dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros(head_shape, dtype=torch.float64))
 
     # ------------------------------------------------------------------ statistics
     def set_statistics(
@@ -409,6 +461,7 @@ class GMEP(nn.Module):
         reference_energies: dict[int, float] | None = None,
         scale: float | None = None,
         shift: float | None = None,
+        head: str | int | None = None,
     ) -> None:
         """Set normalisation buffers.
 
@@ -418,7 +471,10 @@ class GMEP(nn.Module):
                 keep their current value.
             scale: eV, multiplies the learned per-atom energy.
             shift: eV per atom.
+            head: the head (name or index) whose reference energies, scale and shift are set;
+                None sets every head. Only for a model with ``heads``.
         """
+        rows = self._head_rows(head)
         with torch.no_grad():
             if avg_num_neighbors is not None:
                 if not avg_num_neighbors > 0:
@@ -431,11 +487,25 @@ class GMEP(nn.Module):
                             f"element {chemical_symbols[int(z)]} (Z={int(z)}) is not in this "
                             f"model's species {self.species}"
                         )
-                    self.reference_energies[self.species.index(int(z))] = float(energy)
+                    self.reference_energies[..., self.species.index(int(z))][rows] = float(energy)
             if scale is not None:
-                self.scale.fill_(float(scale))
+                self.scale[rows] = float(scale)
             if shift is not None:
-                self.shift.fill_(float(shift))
+                self.shift[rows] = float(shift)
+
+    def _head_rows(self, head: str | int | None) -> Any:
+        """Index into the head dimension of the statistics buffers for ``head``."""
+        if head is None:
+            return ...
+        if not self.multi_head:
+            raise ValueError(f"this model has no heads; got head={head!r}")
+        if isinstance(head, str):
+            if head not in self.heads:
+                raise ValueError(f"unknown head {head!r}; this model's heads are {self.heads}")
+            return self.heads.index(head)
+        if not 0 <= int(head) < len(self.heads):
+            raise ValueError(f"head index {head} out of range; heads are {self.heads}")
+        return int(head)
 
     # ------------------------------------------------------------------ forward
     def _species(self, atomic_numbers: Tensor) -> Tensor:
@@ -454,6 +524,22 @@ class GMEP(nn.Module):
                 + self.species_text
             )
         return species
+
+    def _heads(self, data: dict[str, Tensor], n_graphs: int) -> Tensor:
+        """(B,) int64 head index of each structure (0 when the ``head`` field is absent)."""
+        if keys.HEAD not in data:
+            return torch.zeros(n_graphs, dtype=torch.int64, device=data[keys.BATCH].device)
+        heads = data[keys.HEAD]
+        n_heads = max(self.num_heads, 1)
+        bad = (heads < 0) | (heads >= n_heads)
+        if bool(bad.any()):
+            raise ValueError(
+                "head index "
+                + str(int(heads[bad][0]))
+                + " out of range; this model's heads are "
+                + self.heads_text
+            )
+        return heads
 
     def _neighbor_tables(
         self,
@@ -513,7 +599,8 @@ class GMEP(nn.Module):
         Args:
             data: ``AtomicGraph.as_dict()``: positions (N, 3) Å, atomic_numbers (N,),
                 cell (B, 3, 3) Å, edge_index (2, E), cell_shifts (E, 3), batch (N,),
-                num_atoms (B,).
+                num_atoms (B,); with ``charge_spin`` also charge (B,) and spin (B,) (float64
+                holding integers); optionally head (B,) int64.
 
         Returns:
             ``energy`` (B,) eV and ``energies`` (N,) eV, float64.
@@ -539,10 +626,15 @@ class GMEP(nn.Module):
         inv_avg = 1.0 / self.avg_num_neighbors
         tables, max_neighbors = self._neighbor_tables(edge_sh, lengths, sender, receiver, species)
 
+        heads = self._heads(data, n_graphs)
         if self.first_layer_factorised:
             features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
         else:
             features = self.embedding.index_select(0, species).unsqueeze(0)  # (1, N, C)
+        graph_state = self.graph_state
+        if graph_state is not None:
+            state = graph_state(data, heads)  # (B, C)
+            features = features + state.index_select(0, batch).unsqueeze(0)
         atomic = torch.zeros(positions.shape[0], dtype=dtype, device=positions.device)
         for layer in self.layers:
             features, contribution = layer(
@@ -557,9 +649,18 @@ class GMEP(nn.Module):
                 max_neighbors,
             )
             atomic = atomic + contribution
-        energies = (
-            self.reference_energies[species] + self.scale * atomic.to(torch.float64) + self.shift
-        )
+        if self.multi_head:
+            atom_heads = heads.index_select(0, batch)
+            reference = self.reference_energies.reshape(-1).index_select(
+                0, atom_heads * len(self.species) + species
+            )
+            scale = self.scale.index_select(0, atom_heads)
+            shift = self.shift.index_select(0, atom_heads)
+        else:
+            reference = self.reference_energies.index_select(0, species)
+            scale = self.scale
+            shift = self.shift
+        energies = reference + scale * atomic.to(torch.float64) + shift
         energy = torch.zeros(n_graphs, dtype=torch.float64, device=energies.device)
         energy = energy.index_add(0, batch, energies)
         return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: energies}
