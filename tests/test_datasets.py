@@ -121,3 +121,18 @@ def test_mixed_labels_are_dropped_per_batch(shared_data: Path) -> None:
     loader = make_loader(GraphDataset(frames, 4.0), BatchBudget(100), shuffle=False)
     batch = next(iter(loader))
     assert batch.num_graphs == 61 and batch.stress is None and batch.forces is not None
+
+
+def test_every_registry_field_travels_store_dataset_batch(tmp_path: Path) -> None:
+    from training.data.frames import FRAME_FIELDS
+    from training.data.store import Store, write_frames
+
+    assert "head" in FRAME_FIELDS  # read from mlip.keys.FIELDS, not listed here
+    frames = [
+        frame.with_values(head=None if i == 1 else i % 3) for i, frame in enumerate(_frames(4))
+    ]
+    write_frames([f.validated() for f in frames], tmp_path / "h.h5")
+    store = Store(tmp_path / "h.h5")
+    assert [store[i].value("head") for i in range(4)] == [0, None, 2, 0]
+    batch = next(iter(make_loader(GraphDataset(store, 3.0), BatchBudget(4), shuffle=False)))
+    assert batch.head.dtype == torch.int64 and batch.head.tolist() == [0, 0, 2, 0]
