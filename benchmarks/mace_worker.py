@@ -4,6 +4,8 @@ One structure per process, so the peak memory is that structure's. Prints one JS
 The model is ``benchmarks/mace_model.py``'s (MACE-MP "small"-like) with r_max = 6 Å.
 
     /tmp/mace-venv/bin/python benchmarks/mace_worker.py '{"system": "copper", "n_atoms": 1372}'
+
+With ``"model_path"`` a trained MACE model file is timed instead (its own r_max).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
         "allocator": "tuned",
         "limit_gb": 22.0,
         "avg_num_neighbors": None,
+        "model_path": None,
         **json.loads(sys.argv[1]),
     }
     measure.limit_address_space(args["limit_gb"])
@@ -40,13 +43,25 @@ def main() -> None:
     torch.set_default_dtype(getattr(torch, args["dtype"]))  # MACE's own process only
     build, _, species = structures.SYSTEMS[args["system"]]
     atoms = build(args["n_atoms"])
+    trained = None
+    cutoff = 6.0
+    if args["model_path"] is not None:
+        trained = torch.load(args["model_path"], map_location="cpu", weights_only=False)
+        trained = trained.to(getattr(torch, args["dtype"]))
+        cutoff = float(trained.r_max)
+        species = [int(z) for z in trained.atomic_numbers]
     z_table = tools.AtomicNumberTable(species)
     config = data.config_from_atoms(atoms)
-    atomic = data.AtomicData.from_config(config, z_table=z_table, cutoff=6.0)
+    atomic = data.AtomicData.from_config(config, z_table=z_table, cutoff=cutoff)
     loader = torch_geometric.dataloader.DataLoader([atomic], batch_size=1, shuffle=False)
     batch = next(iter(loader)).to_dict()
     n_edges = int(batch["edge_index"].shape[1])
-    model = build_mace(species, 6.0, n_edges / len(atoms)).eval()
+    if trained is None:
+        trained = build_mace(species, cutoff, n_edges / len(atoms))
+        label = "MACE 128x0e L3 nu3"
+    else:
+        label = str(args["model_path"])
+    model = trained.eval()
     model.requires_grad_(False)  # inference, as in MACECalculator
 
     def call() -> None:
@@ -54,7 +69,7 @@ def main() -> None:
 
     row = {
         "code": "mace",
-        "model": "MACE 128x0e L3 nu3",
+        "model": label,
         "parameters": sum(p.numel() for p in model.parameters()),
         "n_edges": n_edges,
         "allocator": "tuned" if tuned else "default",

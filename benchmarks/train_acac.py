@@ -162,13 +162,24 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def run_mlip(
-    preset: str, paths: dict[str, str], work: Path, minutes: float, threads: int, seed: int
+    preset: str,
+    paths: dict[str, str],
+    work: Path,
+    minutes: float,
+    threads: int,
+    seed: int,
+    overrides: list[str] | None = None,
 ) -> dict:
+    """Train ``training/configs/acac.yaml`` with ``model.preset=<preset>`` and ``overrides``
+    (e.g. ``model.name=egnn``) in ``<work>/mlip_<preset>``; ``preset`` also labels the run."""
     out_dir = work / f"mlip_{preset}"
+    extra = list(overrides or [])
+    if not any(o.startswith("model.preset=") for o in extra):
+        extra.insert(0, f"model.preset={preset}")
     cmd = [
         "mlip-train",
         str(REPO / "training/configs/acac.yaml"),
-        f"model.preset={preset}",
+        *extra,
         f"data.train={paths['train']}",
         f"data.valid={paths['valid']}",
         f"data.test={paths['test']}",
@@ -194,8 +205,10 @@ def run_mlip(
     if proc.returncode != 0:
         raise RuntimeError(f"mlip-train {preset} failed, see {work}/mlip_{preset}.log")
     summary = json.loads((out_dir / "summary.json").read_text())
-    with open(out_dir / "metrics.csv") as handle:
-        epochs = sum(1 for _ in csv.DictReader(handle))
+    epochs = 0  # no metrics.csv when the budget ends inside the first epoch
+    if (out_dir / "metrics.csv").exists():
+        with open(out_dir / "metrics.csv") as handle:
+            epochs = sum(1 for _ in csv.DictReader(handle))
     test = summary["test"]
     return {
         "code": "mlip",
@@ -210,6 +223,7 @@ def run_mlip(
         "stop_reason": summary.get("stop_reason"),
         "train_wall_s": summary.get("wall_time_s"),  # training + final valid/test evaluation
         "total_wall_s": wall,
+        "model_file": str(out_dir / "model.pt"),
     }
 
 

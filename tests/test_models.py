@@ -81,7 +81,13 @@ class TestGMEPHeadsOnlyMLPRadial(EnergyModelTests):
 
 
 def test_every_registered_model_is_covered() -> None:
-    assert set(MODELS) == {"gmep"}
+    assert set(MODELS) == {
+        "gmep",
+        "egnn",
+        "hegnn",
+        "transip",
+        "leftnet",
+    }  # others: test_architectures
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -2,7 +2,9 @@
 
 ``MODELS`` is a plain dict ``name -> builder``; every builder takes keyword arguments
 ``species``, ``cutoff``, ``preset``, ``dtype`` and model hyperparameters, and returns an energy
-model (``forward(data: Dict[str, Tensor]) -> {"energy": (B,), "energies": (N,)}``, float64).
+model (``forward(data: Dict[str, Tensor]) -> {"energy": (B,), "energies": (N,)}``, float64)
+derived from :class:`mlip.models.base.AtomicEnergyModel`. ``gmep`` is the default; ``egnn``,
+``hegnn``, ``transip`` and ``leftnet`` are the comparison architectures (see README.md).
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlip.models.egnn import build_egnn
 from mlip.models.gmep import GMEP, PRESETS, GMEPConfig, build_gmep
+from mlip.models.hegnn import build_hegnn
+from mlip.models.leftnet import build_leftnet
+from mlip.models.transip import build_transip
 
 __all__ = ["GMEP", "GMEPConfig", "MODELS", "PRESETS", "build_model"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"gmep": build_gmep}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "gmep": build_gmep,
+    "egnn": build_egnn,
+    "hegnn": build_hegnn,
+    "transip": build_transip,
+    "leftnet": build_leftnet,
+}
 
 
 def build_model(

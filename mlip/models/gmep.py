@@ -39,25 +39,23 @@ and ``BENCHMARKS.md``.)
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-from ase.data import chemical_symbols
 from torch import Tensor, nn
 
 from mlip import keys
+from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
 from mlip.nn.graph_state import GraphStateEmbedding
 from mlip.nn.harmonics import SphericalHarmonics, num_sh
 from mlip.nn.linear import DegreeLinear, degree_index
 from mlip.nn.message import EdgeMessage, message_paths
 from mlip.nn.mixers import build_mixer
+from mlip.nn.neighbor_table import padded_slots
 from mlip.nn.radial import BesselMLPRadial, SplineRadial
 
 __all__ = ["GMEP", "GMEPConfig", "PRESETS", "build_gmep"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -348,7 +346,7 @@ class _Interaction(nn.Module):
         return mixed, self.readout(mixed[0]).squeeze(-1)
 
 
-class GMEP(nn.Module):
+class GMEP(AtomicEnergyModel):
     """Grid-Mixing Equivariant Potential: graph dict -> per-atom and total energy (float64).
 
     Args:
@@ -376,44 +374,17 @@ class GMEP(nn.Module):
     def __init__(
         self, config: GMEPConfig, dtype: torch.dtype = torch.float32, preset: str | None = None
     ) -> None:
-        super().__init__()
         cfg = config
         if cfg.lmax_hidden > cfg.lmax:
             raise ValueError(f"lmax_hidden ({cfg.lmax_hidden}) must be <= lmax ({cfg.lmax})")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"model dtype must be float32 or float64, got {dtype}")
-        if len(set(cfg.species)) != len(cfg.species) or not cfg.species:
-            raise ValueError(f"species must be a non-empty list of distinct Z, got {cfg.species}")
-        for z in cfg.species:
-            if not 0 < int(z) < len(chemical_symbols):
-                raise ValueError(f"invalid atomic number {z}")
-        self.cutoff = float(cfg.cutoff)
-        self.species: list[int] = [int(z) for z in cfg.species]
-        self.model_dtype = dtype
-        dtype_name = "float32" if dtype == torch.float32 else "float64"
-        self.config: dict[str, Any] = {
-            "name": "gmep",
-            "preset": preset,
-            "dtype": dtype_name,
-            **asdict(cfg),
-        }
-        self.config["species"] = list(self.species)
-        self.config["cutoff"] = self.cutoff
-        self.symbols: list[str] = list(chemical_symbols)
-        self.species_text = str(self.species)
-        index = torch.full((len(chemical_symbols),), -1, dtype=torch.int64)
-        for i, z in enumerate(self.species):
-            index[z] = i
-        self.register_buffer("species_index", index, persistent=False)
-        if cfg.heads is not None:
-            if not cfg.heads or len(set(cfg.heads)) != len(cfg.heads):
-                raise ValueError(f"heads must be a non-empty list of distinct names: {cfg.heads}")
-            if not all(isinstance(h, str) and h for h in cfg.heads):
-                raise ValueError(f"head names must be non-empty strings: {cfg.heads}")
-        self.heads = list(cfg.heads) if cfg.heads is not None else []
-        self.heads_text = str(self.heads)
-        self.num_heads: int = len(self.heads)
-        self.multi_head: bool = cfg.heads is not None
+        super().__init__(
+            [int(z) for z in cfg.species],
+            cfg.cutoff,
+            dtype,
+            {"name": "gmep", "preset": preset, **asdict(cfg)},
+            cfg.avg_num_neighbors,
+            heads=cfg.heads,
+        )
         self.required_inputs = [keys.CHARGE, keys.SPIN] if cfg.charge_spin else []
         self.graph_state = (
             GraphStateEmbedding(
@@ -443,104 +414,9 @@ class GMEP(nn.Module):
         self.uses_tables: bool = any(
             layer.species_factorised or layer.receiver_gemm for layer in layers
         )
-        self.register_buffer("avg_num_neighbors", torch.tensor(float(cfg.avg_num_neighbors)))
-        self.to(dtype)
-        head_shape = (len(self.heads),) if self.multi_head else ()
-        self.register_buffer(
-            "reference_energies",
-            torch.zeros((*head_shape, len(self.species)), dtype=torch.float64),
-        )
-        self.register_buffer("scale", torch.ones(head_shape, dtype=torch.float64))
-        self.register_buffer("shift", torch.zeros(head_shape, dtype=torch.float64))
-
-    # ------------------------------------------------------------------ statistics
-    def set_statistics(
-        self,
-        *,
-        avg_num_neighbors: float | None = None,
-        reference_energies: dict[int, float] | None = None,
-        scale: float | None = None,
-        shift: float | None = None,
-        head: str | int | None = None,
-    ) -> None:
-        """Set normalisation buffers.
-
-        Args:
-            avg_num_neighbors: mean neighbour count within the cutoff.
-            reference_energies: eV per atom of each element, ``{Z: E0}``; elements not given
-                keep their current value.
-            scale: eV, multiplies the learned per-atom energy.
-            shift: eV per atom.
-            head: the head (name or index) whose reference energies, scale and shift are set;
-                None sets every head. Only for a model with ``heads``.
-        """
-        rows = self._head_rows(head)
-        with torch.no_grad():
-            if avg_num_neighbors is not None:
-                if not avg_num_neighbors > 0:
-                    raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
-                self.avg_num_neighbors.fill_(float(avg_num_neighbors))
-            if reference_energies is not None:
-                for z, energy in reference_energies.items():
-                    if int(z) not in self.species:
-                        raise ValueError(
-                            f"element {chemical_symbols[int(z)]} (Z={int(z)}) is not in this "
-                            f"model's species {self.species}"
-                        )
-                    self.reference_energies[..., self.species.index(int(z))][rows] = float(energy)
-            if scale is not None:
-                self.scale[rows] = float(scale)
-            if shift is not None:
-                self.shift[rows] = float(shift)
-
-    def _head_rows(self, head: str | int | None) -> Any:
-        """Index into the head dimension of the statistics buffers for ``head``."""
-        if head is None:
-            return ...
-        if not self.multi_head:
-            raise ValueError(f"this model has no heads; got head={head!r}")
-        if isinstance(head, str):
-            if head not in self.heads:
-                raise ValueError(f"unknown head {head!r}; this model's heads are {self.heads}")
-            return self.heads.index(head)
-        if not 0 <= int(head) < len(self.heads):
-            raise ValueError(f"head index {head} out of range; heads are {self.heads}")
-        return int(head)
+        self.finish_init()
 
     # ------------------------------------------------------------------ forward
-    def _species(self, atomic_numbers: Tensor) -> Tensor:
-        clamped = torch.clamp(atomic_numbers, 0, len(self.symbols) - 1)
-        species = self.species_index[clamped]
-        bad = (species < 0) | (atomic_numbers != clamped)
-        if bool(bad.any()):
-            z = int(atomic_numbers[bad][0])
-            name = self.symbols[z] if 0 <= z < len(self.symbols) else "?"
-            raise ValueError(
-                "element "
-                + name
-                + " (Z="
-                + str(z)
-                + ") is not in this model's species "
-                + self.species_text
-            )
-        return species
-
-    def _heads(self, data: dict[str, Tensor], n_graphs: int) -> Tensor:
-        """(B,) int64 head index of each structure (0 when the ``head`` field is absent)."""
-        if keys.HEAD not in data:
-            return torch.zeros(n_graphs, dtype=torch.int64, device=data[keys.BATCH].device)
-        heads = data[keys.HEAD]
-        n_heads = max(self.num_heads, 1)
-        bad = (heads < 0) | (heads >= n_heads)
-        if bool(bad.any()):
-            raise ValueError(
-                "head index "
-                + str(int(heads[bad][0]))
-                + " out of range; this model's heads are "
-                + self.heads_text
-            )
-        return heads
-
     def _neighbor_tables(
         self,
         edge_sh: Tensor,
@@ -561,19 +437,7 @@ class GMEP(nn.Module):
             return tables, 1
         n_nodes = species.shape[0]
         device = receiver.device
-        if receiver.numel() == 0:
-            slot, max_neighbors = receiver, 1
-        else:
-            counts = torch.bincount(receiver, minlength=n_nodes)
-            max_neighbors = int(counts.max())
-            order = torch.argsort(receiver, stable=True)
-            first = torch.cumsum(counts, 0) - counts
-            sorted_receiver = receiver.index_select(0, order)
-            rank = torch.arange(receiver.numel(), device=device) - first.index_select(
-                0, sorted_receiver
-            )
-            slot = torch.empty_like(receiver)
-            slot.index_copy_(0, order, sorted_receiver * max_neighbors + rank)
+        slot, max_neighbors = padded_slots(receiver, n_nodes)
         rows = n_nodes * max_neighbors
         basis = self.layers[0].radial.basis(lengths)  # (E, K')
         basis_padded = torch.zeros(
@@ -606,21 +470,14 @@ class GMEP(nn.Module):
             ``energy`` (B,) eV and ``energies`` (N,) eV, float64.
         """
         positions = data[keys.POSITIONS]
-        cell = data[keys.CELL]
         edge_index = data[keys.EDGE_INDEX]
         batch = data[keys.BATCH]
         n_graphs = data[keys.NUM_ATOMS].shape[0]
         species = self._species(data[keys.ATOMIC_NUMBERS])
         receiver = edge_index[0]
         sender = edge_index[1]
-        shifts = torch.einsum(
-            "ek,ekl->el",
-            data[keys.CELL_SHIFTS].to(cell.dtype),
-            cell.index_select(0, batch.index_select(0, receiver)),
-        )
-        vectors = positions.index_select(0, sender) - positions.index_select(0, receiver) + shifts
         dtype = self.embedding.dtype
-        vectors = vectors.to(dtype)
+        vectors = self.edge_vectors(data)
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
         inv_avg = 1.0 / self.avg_num_neighbors
@@ -649,21 +506,7 @@ class GMEP(nn.Module):
                 max_neighbors,
             )
             atomic = atomic + contribution
-        if self.multi_head:
-            atom_heads = heads.index_select(0, batch)
-            reference = self.reference_energies.reshape(-1).index_select(
-                0, atom_heads * len(self.species) + species
-            )
-            scale = self.scale.index_select(0, atom_heads)
-            shift = self.shift.index_select(0, atom_heads)
-        else:
-            reference = self.reference_energies.index_select(0, species)
-            scale = self.scale
-            shift = self.shift
-        energies = reference + scale * atomic.to(torch.float64) + shift
-        energy = torch.zeros(n_graphs, dtype=torch.float64, device=energies.device)
-        energy = energy.index_add(0, batch, energies)
-        return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: energies}
+        return self.total_energy(atomic, species, batch, n_graphs, heads)
 
 
 def build_gmep(
@@ -683,21 +526,7 @@ def build_gmep(
         dtype: torch dtype or ``"float32"``/``"float64"``.
         **hyper: any :class:`GMEPConfig` field, overriding the preset.
     """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
-        values.update(PRESETS[preset])
     known = {f.name for f in fields(GMEPConfig)} - {"species", "cutoff"}
-    unknown = set(hyper) - known
-    if unknown:
-        raise TypeError(f"unknown GMEP hyperparameters {sorted(unknown)}; known: {sorted(known)}")
-    values.update(hyper)
-    if not (math.isfinite(float(cutoff)) and float(cutoff) > 0):
-        raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff}")
+    values = select_hyper("GMEP", known, PRESETS, preset, cutoff, hyper)
     cfg = GMEPConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return GMEP(cfg, dtype=dtype, preset=preset)
+    return GMEP(cfg, dtype=resolve_dtype(dtype), preset=preset)

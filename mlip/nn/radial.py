@@ -14,7 +14,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BesselMLPRadial", "SplineRadial", "cubic_bspline_basis", "polynomial_envelope"]
+__all__ = [
+    "BesselMLPRadial",
+    "SplineRadial",
+    "cubic_bspline_basis",
+    "gaussian_basis",
+    "polynomial_envelope",
+]
 
 
 def cubic_bspline_basis(lengths: Tensor, cutoff: float, num_basis: int) -> Tensor:
@@ -83,6 +89,26 @@ def polynomial_envelope(lengths: Tensor, cutoff: float, p: int = 6) -> Tensor:
         - p * (p + 1.0) / 2.0 * x ** (p + 2)
     )
     return value * (lengths < cutoff).to(lengths.dtype)
+
+
+def gaussian_basis(lengths: Tensor, cutoff: float, num_basis: int) -> Tensor:
+    """Gaussians ``exp(-(r - mu_k)^2 / (2 w^2))``, centres ``mu_k`` uniform on [0, cutoff].
+
+    Smooth and bounded for any r >= 0 (also r > cutoff or r = 0), so it suits distances
+    between updated coordinates; the width w is the centre spacing. It does not vanish at the
+    cutoff: multiply by :func:`polynomial_envelope` of the original edge length for that.
+
+    Args:
+        lengths: (E,) Å.
+        cutoff: Å.
+        num_basis: K >= 2.
+
+    Returns:
+        (E, K).
+    """
+    centres = torch.linspace(0.0, cutoff, num_basis, dtype=lengths.dtype, device=lengths.device)
+    width = cutoff / (num_basis - 1)
+    return torch.exp(-0.5 * ((lengths.unsqueeze(-1) - centres) / width) ** 2)
 
 
 class BesselMLPRadial(nn.Module):
