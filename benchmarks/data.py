@@ -1,7 +1,7 @@
 """Data pipeline benchmark: MPTrj JSON -> HDF5 store conversion rate, loader throughput, memory.
 
 Writes N synthetic MPTrj-sized frames (8-60 atoms, mean ~31, 10 frames per mp_id) in the MPTrj
-JSON layout, converts them with :func:`training.store.convert`, reads the store once streaming
+JSON layout, converts them with :func:`training.data.store.convert`, reads the store once streaming
 (peak Python memory with tracemalloc) and iterates the loader with 0 and 2 workers.
 
     python benchmarks/data.py                  # 100000 frames (slow on a small machine)
@@ -88,11 +88,12 @@ def write_synthetic_mptrj(path: Path, n_frames: int, seed: int = 0) -> int:
 
 
 def _loader_rate(store_path: Path, cutoff: float, workers: int, limit: int) -> dict:
-    from training.loader import GraphDataset, make_loader
+    from training.data.datasets import BatchBudget, GraphDataset, make_loader
+    from training.data.store import Store
 
-    dataset = GraphDataset(store_path, cutoff, indices=np.arange(min(limit, 10**12)))
-    dataset.indices = dataset.indices[: min(limit, len(dataset.source))]
-    loader = make_loader(dataset, max_atoms=1024, seed=0, num_workers=workers)
+    n_frames = min(limit, len(Store(store_path)))
+    dataset = GraphDataset(store_path, cutoff, indices=np.arange(n_frames))
+    loader = make_loader(dataset, BatchBudget(1024, max_atoms=1024), seed=0, num_workers=workers)
     started = time.perf_counter()
     n_structures = n_edges = 0
     for batch in loader:
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/data.json")
     args = parser.parse_args(argv)
 
-    from training.store import Store, compute_statistics, convert
+    from training.data.statistics import compute_statistics
+    from training.data.store import Store, convert
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp_path = Path(tmp)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "read_random_order_frames_per_s": args.frames / read_s,
         "read_peak_tracemalloc_mb": read_peak / 1e6,
         "statistics_s": stats_s,
-        "statistics_n_atoms": stats.n_atoms,
+        "statistics_n_atoms": stats.sums.n_atoms,
         "loader": loader_runs,
         "cutoff": args.cutoff,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},

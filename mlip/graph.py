@@ -272,12 +272,27 @@ class AtomicGraph:
         return graphs
 
     # ------------------------------------------------------------------ conversion
-    def to(self, device: torch.device | str) -> AtomicGraph:
-        """A copy with every tensor on ``device`` (dtypes unchanged)."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> AtomicGraph:
+        """A copy with every tensor on ``device`` (dtypes unchanged); ``non_blocking`` copies
+        from pinned memory overlap with GPU work."""
         return dataclasses.replace(
             self,
             **{
-                name: (None if getattr(self, name) is None else getattr(self, name).to(device))
+                name: (
+                    None
+                    if getattr(self, name) is None
+                    else getattr(self, name).to(device, non_blocking=non_blocking)
+                )
+                for name in keys.FIELDS
+            },
+        )
+
+    def pin_memory(self) -> AtomicGraph:
+        """A copy in page-locked host memory (DataLoader ``pin_memory=True`` calls this)."""
+        return dataclasses.replace(
+            self,
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name).pin_memory()
                 for name in keys.FIELDS
             },
         )

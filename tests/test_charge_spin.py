@@ -120,7 +120,7 @@ def _data_script():
 
 def test_aselmdb_conversion_keeps_charge_and_spin(tmp_path: Path) -> None:
     pytest.importorskip("ase_db_backends", reason="needs the omol extra")
-    from training.readers import read_frames
+    from training.data.readers import read_frames
 
     rng = np.random.default_rng(0)
     frames = []

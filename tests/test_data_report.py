@@ -52,13 +52,14 @@ def test_stats_table_and_reference_warning(tmp_path: Path, capsys: pytest.Captur
 def test_training_warns_about_underdetermined_references(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from training.trainer import _load_data
+    from training.data.prepare import prepare_data
+    from training.distributed import DistInfo
 
     path = tmp_path / "same.extxyz"
     ase.io.write(path, _alloy_frames(4, same_composition=True))
     config = load_config(None, [f"data.train={path}", "data.valid=0.25"])
     with caplog.at_level(logging.WARNING):
-        _load_data(config)
+        prepare_data(config, DistInfo())
     assert "under-determined" in caplog.text
 
 

@@ -1,5 +1,6 @@
 """Two CPU processes (torchrun, gloo) train to the same weights as one process with the same
-global batch: each rank's loss is normalised by the global batch and gradients are summed."""
+global batch: each rank's loss is normalised by the global batch and gradients are summed.
+From a store, rank 0 alone writes the split and caches; the store stays readable."""
 
 from __future__ import annotations
 
@@ -9,20 +10,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from training.checkpoint import load_checkpoint
+from training.data.store import Store, convert
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_ranks_match_one(shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["extxyz", "store"])
+def test_two_ranks_match_one(shared_data: Path, tmp_path: Path, source: str) -> None:
+    extxyz = shared_data / "tiny" / "acac_test300K_first20.xyz"
+    inputs = {"single": str(extxyz), "double": str(extxyz)}
+    if source == "store":  # a fresh store each, so the two-rank run writes its caches itself
+        for name in inputs:
+            convert(extxyz, tmp_path / f"{name}.h5")
+            inputs[name] = str(tmp_path / f"{name}.h5")
     values = {
         "data": {
-            "train": str(shared_data / "tiny" / "acac_test300K_first20.xyz"),
+            "train": inputs["single"],
             "valid": 0.25,
             "max_structures": 13,
+            "num_workers": 1,
         },
         "model": {
             "cutoff": 3.5,
@@ -46,7 +57,13 @@ def test_two_ranks_match_one(shared_data: Path, tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(code)
     single = subprocess.run(
-        [sys.executable, str(script), str(config), f"output_dir={tmp_path / 'single'}"],
+        [
+            sys.executable,
+            str(script),
+            str(config),
+            f"output_dir={tmp_path / 'single'}",
+            f"data.train={inputs['single']}",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -64,6 +81,7 @@ def test_two_ranks_match_one(shared_data: Path, tmp_path: Path) -> None:
             str(script),
             str(config),
             f"output_dir={tmp_path / 'double'}",
+            f"data.train={inputs['double']}",
         ],
         cwd=REPO,
         env=env,
@@ -85,3 +103,8 @@ def test_two_ranks_match_one(shared_data: Path, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "double" / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert (tmp_path / "double" / "model.pt").is_file()
+    if source == "store":  # one split, written by rank 0; every cache readable
+        store = Store(inputs["double"])
+        assert list(store.file["splits"]) == ["mlip-train-seed0-valid0.25-n13"]
+        assert "n_edges/3.5" in store.file and len(store.file["statistics"]) == 2  # train, valid
+        assert store[12].energy is not None

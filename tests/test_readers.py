@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from training import readers
-from training.frames import Frame, InvalidFrameError, SkipReport
-from training.readers import ReaderOptions, iter_frames, read_frames
+from training.data import readers
+from training.data.frames import Frame, InvalidFrameError, SkipReport
+from training.data.readers import ReaderOptions, iter_frames, read_frames
 
 MPTRJ_JSON = "mptrj/mptrj_11frames_MPtrj-json-layout.json"
 

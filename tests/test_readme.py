@@ -1,9 +1,10 @@
 """Every command in README.md runs, so the README cannot rot.
 
 Shell commands are taken from the README's ```bash blocks and run in a scratch directory that
-mirrors the repository layout (``data/``, ``training/``, ``calculators/`` and ``../shared`` linked in). ``pip``
-lines are what ``.ci/run`` executes; ``pytest`` is this run itself; ``torchrun`` needs GPUs and
-the full dataset, so only its config file is checked. ``mlip-train`` gets
+mirrors the repository layout (``data/``, ``training/``, ``calculators/`` and ``../shared``
+linked in). ``pip`` lines are what ``.ci/run`` executes; ``pytest`` is this run itself;
+``torchrun`` needs GPUs and the full dataset, so only its config file is checked.
+``mlip-train`` gets
 ``train.max_epochs=2`` appended to keep the test short (the README's full runs take minutes).
 The ```python block is executed too.
 """

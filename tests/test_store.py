@@ -14,19 +14,13 @@ import pytest
 import torch
 
 from mlip.neighbors import neighbor_list
-from training import store as store_module
-from training.frames import Frame
-from training.loader import GraphDataset
-from training.readers import read_frames
-from training.store import (
-    IncompleteStoreError,
-    Store,
-    compute_statistics,
-    convert,
-    load_split,
-    make_split,
-    write_frames,
-)
+from training.data import store as store_module
+from training.data.datasets import GraphDataset
+from training.data.frames import Frame
+from training.data.readers import read_frames
+from training.data.splits import load_split, make_split
+from training.data.statistics import compute_statistics
+from training.data.store import IncompleteStoreError, Store, convert, write_frames
 
 MPTRJ_JSON = "mptrj/mptrj_11frames_MPtrj-json-layout.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -176,27 +170,38 @@ def test_statistics_match_direct_computation(shared_data: Path, tmp_path: Path) 
     inputs = _inputs(shared_data)
     frames = read_frames(inputs)
     convert(inputs, tmp_path / "s.h5")
-    stats = compute_statistics(tmp_path / "s.h5", cutoff=4.0, chunk_frames=8)
+    stats = compute_statistics(tmp_path / "s.h5", cutoff=4.0)
     numbers = np.concatenate([f.atomic_numbers for f in frames])
     forces = np.concatenate([f.forces for f in frames])
     elements = np.unique(numbers)
-    assert stats.element_counts == {int(z): int((numbers == z).sum()) for z in elements}
+    assert stats.species == elements.tolist()
+    assert stats.sums.element_counts[elements].tolist() == [(numbers == z).sum() for z in elements]
     assert stats.force_rms == pytest.approx(np.sqrt((forces**2).mean()), rel=1e-12)
-    per_atom = np.mean([f.energy / f.n_atoms for f in frames])
-    assert stats.mean_energy_per_atom == pytest.approx(per_atom, rel=1e-12)
     counts = np.array([[(f.atomic_numbers == z).sum() for z in elements] for f in frames])
     energies = np.array([f.energy for f in frames])
     solution = np.linalg.lstsq(counts, energies, rcond=None)[0]
-    fitted = np.array([stats.reference_energies[int(z)] for z in elements])
+    references = stats.least_squares_references()
+    fitted = np.array([references[int(z)] for z in elements])
     np.testing.assert_allclose(counts @ fitted, counts @ solution, rtol=1e-9, atol=1e-6)
+    # shift and (energy-only) scale: mean and std over frames of the residual per atom
+    residual = (energies - counts @ fitted) / np.array([f.n_atoms for f in frames])
+    model = stats.for_model("least_squares", elements.tolist())
+    assert model["shift"] == pytest.approx(residual.mean(), abs=1e-9)
+    assert model["scale"] == pytest.approx(stats.force_rms, rel=1e-12)
+    assert stats.energy_moments(references)[1] == pytest.approx(residual.std(), rel=1e-6)
     n_edges = sum(neighbor_list(f.positions, f.cell, f.pbc, 4.0)[0].shape[1] for f in frames)
     assert stats.mean_neighbors == pytest.approx(n_edges / len(numbers))
+    assert model["avg_num_neighbors"] == pytest.approx(n_edges / len(numbers))
     with h5py.File(tmp_path / "s.h5", "r") as file:
-        assert "all" in file["statistics"].attrs and "n_edges/4.0" in file
+        assert "statistics/all" in file and "n_edges/4.0" in file
     cached = compute_statistics(tmp_path / "s.h5", cutoff=4.0)
-    assert cached == stats
+    assert cached.to_json() == stats.to_json()
+    # the in-memory frames give the same statistics (one formula)
+    in_memory = compute_statistics(frames, cutoff=4.0)
+    for key, value in in_memory.for_model("least_squares", elements.tolist()).items():
+        assert value == pytest.approx(model[key], rel=1e-9), key
     subset = compute_statistics(tmp_path / "s.h5", indices=np.arange(11))
-    assert subset.n_frames == 11 and subset.mean_neighbors is None
+    assert subset.sums.n_frames == 11 and subset.mean_neighbors is None
 
 
 def test_splits_grouped_seeded_and_saved(shared_data: Path, tmp_path: Path) -> None:
@@ -206,7 +211,7 @@ def test_splits_grouped_seeded_and_saved(shared_data: Path, tmp_path: Path) -> N
     split = make_split(store, {"train": 0.8, "valid": 0.2}, group_by="group_id", seed=3)
     assert sorted(np.concatenate(list(split.values())).tolist()) == list(range(61))
     assert not set(groups[split["train"]]) - {""} & set(groups[split["valid"]]) - {""}
-    again = make_split(store, {"train": 0.8, "valid": 0.2}, group_by="group_id", seed=3, save=False)
+    again = make_split(store, {"train": 0.8, "valid": 0.2}, group_by="group_id", seed=3, name=None)
     for part in split:
         np.testing.assert_array_equal(split[part], again[part])
     loaded = load_split(tmp_path / "s.h5")
@@ -216,3 +221,19 @@ def test_splits_grouped_seeded_and_saved(shared_data: Path, tmp_path: Path) -> N
     assert len(random_split["valid"]) == 6
     with pytest.raises(KeyError, match="no split 'nope'"):
         load_split(store, "nope")
+
+
+def test_mean_neighbors_of_a_large_set_comes_from_the_same_sample(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.data import statistics
+
+    inputs = _inputs(shared_data)
+    frames = read_frames(inputs)
+    convert(inputs, tmp_path / "s.h5")
+    monkeypatch.setattr(statistics, "NEIGHBOR_SAMPLE", 7)
+    from_store = compute_statistics(tmp_path / "s.h5", cutoff=4.0).mean_neighbors
+    assert compute_statistics(frames, cutoff=4.0).mean_neighbors == from_store
+    assert compute_statistics(tmp_path / "s.h5", cutoff=4.0).mean_neighbors == from_store  # cache
+    with h5py.File(tmp_path / "s.h5", "r") as file:
+        assert "n_edges" not in file  # only the 7 sampled frames were counted

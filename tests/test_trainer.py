@@ -12,8 +12,10 @@ import torch
 
 from mlip import AtomicGraph
 from training.config import Config, config_from_dict
+from training.data.datasets import BatchBudget, pack_batches
 from training.loss import LossCounts, LossWeights, batch_counts, weighted_loss
-from training.trainer import LRSchedule, make_batches, train
+from training.schedule import LRSchedule
+from training.trainer import train
 
 TINY_MODEL = {"channels": 4, "mixer_channels": 8, "num_layers": 1, "num_radial": 4}
 
@@ -111,13 +113,13 @@ def test_empty_shard_counts() -> None:
     assert counts == LossCounts(2.0, 7.0, 0.0)
 
 
-def test_make_batches_respects_budget() -> None:
+def test_pack_batches_respects_budget() -> None:
     n_atoms = np.array([5, 5, 5, 20, 1, 1])
     n_edges = np.array([10, 10, 10, 100, 0, 0])
-    batches = make_batches(range(6), n_atoms, n_edges, max_structures=4, max_atoms=12)
+    batches = pack_batches(range(6), n_atoms, n_edges, BatchBudget(4, max_atoms=12))
     assert batches == [[0, 1], [2], [3], [4, 5]]
     assert sorted(sum(batches, [])) == list(range(6))
-    batches = make_batches(range(6), n_atoms, n_edges, max_structures=2, max_edges=25)
+    batches = pack_batches(range(6), n_atoms, n_edges, BatchBudget(2, max_edges=25))
     assert all(len(b) <= 2 for b in batches)
 
 
@@ -273,7 +275,7 @@ def test_stress_and_max_time(shared_data: Path, tmp_path: Path) -> None:
 
 
 def test_trains_from_hdf5_store(shared_data: Path, tmp_path: Path) -> None:
-    from training.store import convert
+    from training.data.store import convert
 
     store = tmp_path / "acac.h5"
     convert(shared_data / "tiny" / "acac_test300K_first20.xyz", store)

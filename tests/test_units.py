@@ -14,10 +14,11 @@ from ase.calculators.emt import EMT
 from ase.units import GPa
 
 from training.config import load_config
+from training.data.frames import InvalidFrameError
+from training.data.prepare import open_source, prepare_data
+from training.data.readers import ReaderOptions, read_frames
+from training.distributed import DistInfo
 from training.errors import DataError
-from training.frames import InvalidFrameError
-from training.readers import ReaderOptions, read_frames
-from training.trainer import load_graphs
 from training.units import stress_to_ase, virial_to_stress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,13 +57,14 @@ def _mlearn_options() -> ReaderOptions:
 def test_mlearn_stress_with_yaml_options_matches_hand_conversion(shared_data: Path) -> None:
     path = shared_data / "mlearn_si" / "Si_training.extxyz"
     config = load_config(MLEARN_CONFIG, [f"data.train={path}", "data.max_structures=2"])
-    graphs = load_graphs(str(path), config).graphs
+    source, indices = open_source(str(path), config)
+    frames = [source[i] for i in indices]
     raw = [a.info[MLEARN_KEY] for a in ase.io.read(path, index=":2")]
-    assert len(graphs) == 2
-    for graph, (xx, yy, zz, xy, yz, zx) in zip(graphs, raw):
+    assert len(frames) == 2
+    for frame, (xx, yy, zz, xy, yz, zx) in zip(frames, raw):
         factor = -0.1 * GPa  # kBar -> eV/Å³, and VASP's compressive-positive sign flipped
         hand = factor * np.array([[xx, xy, zx], [xy, yy, yz], [zx, yz, zz]])
-        np.testing.assert_allclose(graph.stress.numpy().reshape(3, 3), hand, rtol=1e-12)
+        np.testing.assert_allclose(np.reshape(frame.stress, (3, 3)), hand, rtol=1e-12)
 
 
 def test_kbar_read_as_ev_per_a3_is_refused_naming_unit(shared_data: Path) -> None:
@@ -100,12 +102,10 @@ def _periodic_without_stress(path: Path) -> Path:
 def test_stress_weight_without_stress_is_refused(tmp_path: Path) -> None:
     path = _periodic_without_stress(tmp_path / "cu.extxyz")
     config = load_config(None, [f"data.train={path}", "loss.stress_weight=10", "data.valid=0.25"])
-    from training.trainer import _load_data
-
     with pytest.raises(DataError, match="no stress label.*stress_weight=10"):
-        _load_data(config)
+        prepare_data(config, DistInfo())
     config = load_config(None, [f"data.train={path}", "loss.stress_weight=0", "data.valid=0.25"])
-    assert len(_load_data(config).train) == 3
+    assert len(prepare_data(config, DistInfo()).train) == 3
 
 
 def test_mlearn_trains_from_yaml_only(shared_data: Path, tmp_path: Path) -> None:
@@ -131,8 +131,6 @@ def test_mlearn_trains_from_yaml_only(shared_data: Path, tmp_path: Path) -> None
 
 
 def test_forces_weight_without_forces_is_refused(tmp_path: Path) -> None:
-    from training.trainer import _load_data
-
     path = tmp_path / "mol.xyz"
     molecules = []
     for i in range(4):
@@ -142,4 +140,4 @@ def test_forces_weight_without_forces_is_refused(tmp_path: Path) -> None:
     ase.io.write(path, molecules, format="extxyz")
     config = load_config(None, [f"data.train={path}", "data.valid=0.25"])
     with pytest.raises(DataError, match="no forces label.*forces_weight=10"):
-        _load_data(config)
+        prepare_data(config, DistInfo())

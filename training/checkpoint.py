@@ -8,16 +8,25 @@ never pickled.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
+__all__ = [
+    "capture_rng_state",
+    "changed_keys",
+    "load_checkpoint",
+    "read_for_resume",
+    "restore_rng_state",
+    "save_checkpoint",
+]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -84,3 +93,34 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configuration dicts (resume warnings);
+    ``model.hyper`` compares as one value."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key not in ("hyper",):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def read_for_resume(
+    path: Path, config: dict[str, Any], may_change: Sequence[str], report: bool
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` to resume from (None if there is none yet); with ``report``,
+    warns about missing checkpoints and configuration keys that changed (except
+    ``may_change``)."""
+    log = logging.getLogger("mlip.train")
+    if not path.exists():
+        if report:
+            log.warning("--resume: no %s yet, starting from scratch", path)
+        return None
+    checkpoint = load_checkpoint(path)
+    changed = [k for k in changed_keys(checkpoint["config"], config) if k not in may_change]
+    if changed and report:
+        log.warning("resuming with a changed configuration: %s", ", ".join(changed))
+    return checkpoint

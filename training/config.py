@@ -58,7 +58,7 @@ class DataConfig:
             ``train.seed``.
         test: optional test file, evaluated with the final model.
         format: reader format (``ase``, ``asedb``, ``aselmdb``, ``mptrj``; see
-            ``training.readers``); None guesses it from the file name.
+            ``training.data.readers``); None guesses it from the file name.
         energy_key: ``atoms.info`` key of the total energy (eV); None: the calculator, then
             ``info["energy"]``. For MPTrj JSON the frame field used as the energy.
         forces_key: ``atoms.arrays`` key of the forces (eV/Å); None: calculator / ``forces``.
@@ -80,6 +80,9 @@ class DataConfig:
             or a mapping ``{atomic_number: eV}``.
         isolated_atoms: file of single-atom structures with their energies (E0s).
         max_structures: read at most this many structures of each file (debugging).
+        num_workers: DataLoader worker processes that read frames and build neighbour lists
+            (0: the training process does it). None: ``min(2, cpus - 1)``, 0 on one core.
+            Changes no number of the run, only its speed.
     """
 
     train: str | None = None
@@ -97,6 +100,7 @@ class DataConfig:
     reference_energies: str | dict[int, float] = "least_squares"
     isolated_atoms: str | None = None
     max_structures: int | None = None
+    num_workers: int | None = None
 
 
 @dataclass
@@ -164,6 +168,8 @@ class TrainConfig:
         max_epochs: number of epochs.
         max_time: wall-clock limit in minutes (checked between steps); then validate, export
             and stop cleanly. None = no limit.
+        max_steps: stop after this many optimiser steps in total (then validate, export and
+            stop cleanly, like ``max_time``). None = no limit.
         seed: seeds Python, NumPy and torch, the validation split and the batch order.
         device: ``cpu``, ``cuda``, ``cuda:1``... Under torchrun each rank uses its local GPU.
         dtype: model dtype, ``float32`` or ``float64``.
@@ -189,6 +195,7 @@ class TrainConfig:
 
     max_epochs: int = 100
     max_time: float | None = None
+    max_steps: int | None = None
     seed: int = 0
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
@@ -451,5 +458,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.patience: must be >= 1 or null, got {train.patience}")
     if not 0.0 <= train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {train.ema_decay}")
+    if train.max_steps is not None and train.max_steps < 0:
+        raise ConfigError(f"train.max_steps: must be >= 0 or null, got {train.max_steps}")
+    if data.num_workers is not None and data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be >= 0 or null, got {data.num_workers}")
     if train.checkpoint_every < 0 or train.warmup_steps < 0:
         raise ConfigError("train.checkpoint_every and train.warmup_steps must be >= 0")

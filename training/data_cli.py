@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from training.readers import ReaderOptions
-    from training.store import convert
+    from training.data.readers import ReaderOptions
+    from training.data.store import convert
 
     energy_key = args.energy_key
     if args.corrected_energy:
@@ -119,7 +119,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from training.store import Store, compute_statistics, load_split
+    from training.data.splits import load_split
+    from training.data.statistics import compute_statistics
+    from training.data.store import Store
 
     store = Store(args.store)
     indices = None
@@ -137,7 +139,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from training.store import make_split
+    from training.data.splits import make_split
 
     fractions = {"train": 1.0 - args.valid - args.test, "valid": args.valid}
     if args.test:

@@ -23,6 +23,7 @@ __all__ = [
     "DistInfo",
     "all_reduce_gradients",
     "all_reduce_sum",
+    "barrier",
     "broadcast_module",
     "cleanup",
     "setup",
@@ -74,6 +75,12 @@ def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

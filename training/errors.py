@@ -22,7 +22,7 @@ class InputError(ValueError):
     """Bad user input; the message names the file (and frame and field where there is one).
 
     Subclasses: :class:`DataError`, :class:`OutputExistsError`,
-    :class:`training.config.ConfigError`, :class:`training.frames.InvalidFrameError`.
+    :class:`training.config.ConfigError`, :class:`training.data.frames.InvalidFrameError`.
     """
 
 

@@ -86,7 +86,7 @@ def _ase_infos(path: str, data_format: str | None) -> list[dict[str, Any]]:
     """``atoms.info`` of every record of an ASE-readable file (for groups and predictions)."""
     import ase.io
 
-    from training.readers import detect_format
+    from training.data.readers import detect_format
 
     if (data_format or detect_format(path)) != "ase":
         raise CLIError(f"{path}: --group-by and -o need an ASE-readable file (extxyz, xyz, ...)")
@@ -148,8 +148,8 @@ def _usable_frames(
     """
     from ase.data import chemical_symbols
 
-    from training.frames import InvalidFrameError
-    from training.readers import iter_raw
+    from training.data.frames import InvalidFrameError
+    from training.data.readers import iter_raw
 
     usable, skipped = [], []
     known = ", ".join(chemical_symbols[z] for z in sorted(species))
@@ -222,8 +222,8 @@ def evaluate_file(
         head: Index of the level-of-theory head into the model's heads (None: the first).
     """
     from mlip import AtomicGraph
+    from training.data.readers import ReaderOptions
     from training.metrics import ErrorMetrics
-    from training.readers import ReaderOptions
 
     options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
     known = set(species) if species is not None else set(range(119))

@@ -37,9 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(1, f"mlip-export: error: {args.checkpoint}: no such checkpoint\n")
     check_writable_dir(Path(args.output).resolve().parent, "output folder")
 
-    import mlip.export
     from training.checkpoint import load_checkpoint
-    from training.trainer import rebuild_model
+    from training.model_io import export_model, rebuild_model
 
     try:
         checkpoint = load_checkpoint(args.checkpoint)
@@ -57,18 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights = checkpoint["ema"]["shadow"]
     model = rebuild_model(checkpoint["model_config"], weights).eval()
     history = checkpoint.get("history") or []
-    config = checkpoint["config"]
-    data = config.get("data", {})
-    mlip.export.save(
+    last = history[-1] if history else {}
+    metrics = {"valid": {k[6:]: v for k, v in last.items() if k.startswith("valid_")}}
+    export_model(
         model,
         args.output,
-        dataset={"train": data.get("train"), "valid": data.get("valid"), "test": data.get("test")},
-        metrics={"valid": {k[6:]: v for k, v in history[-1].items() if k.startswith("valid_")}}
-        if history
-        else {},
-        model_config=checkpoint["model_config"],
-        training_config=config,
-        epochs=len(history),
+        checkpoint["model_config"],
+        checkpoint["config"],
+        metrics if history else {},
+        len(history),
         weights=args.weights,
     )
     print(f"wrote {args.output}")

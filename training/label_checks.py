@@ -5,8 +5,8 @@ every structure should carry forces; with ``loss.stress_weight > 0`` every 3D-pe
 should carry a stress. When *no* structure has the label, training would silently ignore the
 weight: :class:`~training.errors.DataError`. When only some lack it, those structures train
 without that term: a warning with the count. Least-squares reference energies fitted to fewer
-independent compositions than elements get a warning
-(:func:`training.stats_table.reference_fit_warning`).
+independent compositions than elements get a warning (:func:`warn_reference_fit`, from the
+training statistics, so raw files and stores alike).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from mlip import AtomicGraph
 from training.config import Config
+from training.data.statistics import Statistics
 from training.errors import DataError
 
 __all__ = ["check_training_set", "check_weighted_labels", "warn_reference_fit"]
@@ -62,28 +61,19 @@ def check_weighted_labels(graphs: Sequence[AtomicGraph], config: Config, source:
         log.warning("%s; they train without the %s term", what, name)
 
 
-def warn_reference_fit(graphs: Sequence[AtomicGraph], config: Config, source: str) -> None:
-    """Warn when ``least_squares`` reference energies are under-determined by ``graphs``."""
-    from training.stats_table import reference_fit_warning
-
-    if config.data.reference_energies != "least_squares":
-        return
-    with_energy = [g for g in graphs if g.energy is not None]
-    species = sorted({int(z) for g in with_energy for z in g.atomic_numbers.tolist()})
-    if not with_energy or not species:
-        return
-    column = {z: i for i, z in enumerate(species)}
-    counts = np.zeros((len(with_energy), len(species)))
-    for row, graph in enumerate(with_energy):
-        for z in graph.atomic_numbers.tolist():
-            counts[row, column[int(z)]] += 1
-    rank = int(np.linalg.matrix_rank(counts))
-    warning = reference_fit_warning(len(with_energy), len(species), rank)
-    if warning:
-        log.warning("%s: %s", source, warning)
-
-
 def check_training_set(graphs: Sequence[AtomicGraph], config: Config, source: str) -> None:
     """All checks of this module on the training structures ``graphs``."""
     check_weighted_labels(graphs, config, source)
-    warn_reference_fit(graphs, config, source)
+
+
+def warn_reference_fit(statistics: Statistics, config: Config, source: str) -> None:
+    """Warn when ``least_squares`` reference energies are under-determined by the training set."""
+    from training.stats_table import reference_fit_warning
+
+    if config.data.reference_energies != "least_squares" or not statistics.n_energy_frames:
+        return
+    warning = reference_fit_warning(
+        statistics.n_energy_frames, len(statistics.species), statistics.composition_rank
+    )
+    if warning:
+        log.warning("%s: %s", source, warning)

@@ -1,16 +1,19 @@
-"""Error metrics (MAE and RMSE) of energy per atom, forces and stress, reducible over ranks."""
+"""Error metrics (MAE and RMSE) of energy per atom, forces and stress, reducible over ranks,
+and :func:`evaluate`, the one evaluation loop of the trainer and ``mlip-eval``."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mlip import AtomicGraph
 from training.loss import LossWeights
 
-__all__ = ["ErrorMetrics", "selection_loss"]
+__all__ = ["ErrorMetrics", "evaluate", "force_predictor", "selection_loss", "wants_stress"]
 
 _QUANTITIES = ("energy", "forces", "stress")
 
@@ -88,3 +91,68 @@ def selection_loss(metrics: dict[str, float], weights: LossWeights) -> float:
         if weight and f"{name}_rmse" in metrics:
             total += weight * metrics[f"{name}_rmse"] ** 2
     return total if total > 0 else math.inf
+
+
+def wants_stress(graph: AtomicGraph) -> bool:
+    """Stress is predicted for a batch of 3D-periodic structures that all have a stress label."""
+    return graph.stress is not None and bool(graph.pbc.all())
+
+
+def force_predictor(model: torch.nn.Module) -> Callable[[AtomicGraph, bool], dict[str, Tensor]]:
+    """``predict(graph, stress)`` for :func:`evaluate` from an energy model (eval mode)."""
+    from mlip.derivatives import ForceStress
+
+    wrappers = {
+        flag: ForceStress(model, compute_forces=True, compute_stress=flag).eval()
+        for flag in (False, True)
+    }
+    return lambda graph, stress: wrappers[stress](graph.as_dict())
+
+
+def evaluate(
+    predict: Callable[[AtomicGraph, bool], dict[str, Tensor]],
+    batches: Iterable[AtomicGraph | None],
+    device: torch.device | str,
+    *,
+    reduce: bool = False,
+    collect: bool = False,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """MAE/RMSE of ``predict(graph, stress)`` (a force model, eval mode) over ``batches``.
+
+    Args:
+        predict: returns ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å and, when asked,
+            ``stress`` (B, 3, 3) eV/Å³ for a batch on ``device``.
+        batches: host batches (None: an empty share of a distributed batch).
+        device: where to run.
+        reduce: sum the metrics over ranks.
+        collect: also return parity arrays ``energy_ref``/``energy_pred`` (eV/atom) and
+            ``forces_ref``/``forces_pred`` (eV/Å, flattened), ``stress_ref``/``stress_pred``
+            (eV/Å³, flattened; empty when no batch has stress).
+    """
+    metrics = ErrorMetrics()
+    parity: dict[str, list[np.ndarray]] = {
+        f"{q}_{kind}": [] for q in ("energy", "forces", "stress") for kind in ("ref", "pred")
+    }
+    for graph in batches:
+        if graph is None:
+            continue
+        graph = graph.to(device, non_blocking=True)
+        use_stress = wants_stress(graph)
+        predictions = {k: v.detach() for k, v in predict(graph, use_stress).items()}
+        if not use_stress:
+            predictions.pop("stress", None)
+        metrics.update(predictions, graph)
+        if collect and graph.energy is not None:
+            n_atoms = graph.num_atoms.to(torch.float64)
+            parity["energy_ref"].append((graph.energy / n_atoms).cpu().numpy())
+            parity["energy_pred"].append((predictions["energy"] / n_atoms).cpu().numpy())
+            if graph.forces is not None and "forces" in predictions:
+                parity["forces_ref"].append(graph.forces.cpu().numpy().ravel())
+                parity["forces_pred"].append(predictions["forces"].cpu().numpy().ravel())
+            if graph.stress is not None and "stress" in predictions:
+                parity["stress_ref"].append(graph.stress.cpu().numpy().ravel())
+                parity["stress_pred"].append(predictions["stress"].cpu().numpy().ravel())
+    if reduce:
+        metrics.all_reduce()
+    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parity.items()}
+    return metrics.compute(), arrays

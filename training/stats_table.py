@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ase.data import chemical_symbols
 
-from training.store import Statistics
+from training.data.statistics import Statistics
 
 __all__ = ["format_statistics", "reference_fit_warning"]
 
@@ -56,8 +56,9 @@ def format_statistics(stats: Statistics, name: str) -> str:
         rows.append((f"mean neighbours within {stats.cutoff:g} Å", f"{stats.mean_neighbors:.1f}"))
     lines.append("")
     lines += [f"{label:<34} {value}" for label, value in rows]
-    n_frames = stats.n_frames if stats.n_energy_frames is None else stats.n_energy_frames
-    warning = reference_fit_warning(n_frames, len(stats.element_counts), stats.composition_rank)
+    warning = reference_fit_warning(
+        stats.n_energy_frames, len(stats.element_counts), stats.composition_rank
+    )
     if warning:
         lines += ["", f"warning: {warning}"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Readers that turn dataset files into :class:`~training.frames.Frame` objects, lazily.
+"""Readers that turn dataset files into :class:`~training.data.frames.Frame` objects, lazily.
 
 Formats (``format=`` names):
 
@@ -14,9 +14,9 @@ Formats (``format=`` names):
   time (the 12 GB file is never parsed whole).
 
 Every reader yields frames in file order. :func:`iter_frames` validates them (raising
-:class:`~training.frames.InvalidFrameError`, a ``ValueError`` naming file, frame and field) or,
+:class:`~training.data.frames.InvalidFrameError`, a ``ValueError`` naming file, frame and field) or,
 with ``skip_invalid=True``, skips bad frames and counts them in a
-:class:`~training.frames.SkipReport`.
+:class:`~training.data.frames.SkipReport`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 
+from training.data.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
 from training.errors import DataError
-from training.frames import DEFAULT_REQUIRED, Frame, InvalidFrameError, SkipReport
 from training.units import MAX_STRESS, check_stress_magnitude, stress_to_ase, virial_to_stress
 
 __all__ = [

@@ -7,18 +7,21 @@ ASE's sign (positive = tensile).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from mlip import AtomicGraph
+from mlip import AtomicGraph, keys
 from training.errors import InputError
 
 __all__ = [
     "DEFAULT_REQUIRED",
+    "FRAME_FIELDS",
     "Frame",
     "InvalidFrameError",
     "SkipReport",
@@ -27,7 +30,21 @@ __all__ = [
 DEFAULT_REQUIRED: tuple[str, ...] = ("energy", "forces")
 """Labels every frame must carry unless the caller says otherwise."""
 
-_OPTIONAL_LABELS = ("energy", "forces", "stress", "charge", "spin")
+_STRUCTURE = (
+    keys.POSITIONS,
+    keys.ATOMIC_NUMBERS,
+    keys.CELL,
+    keys.PBC,
+    keys.EDGE_INDEX,
+    keys.CELL_SHIFTS,
+    keys.BATCH,
+    keys.NUM_ATOMS,
+)
+FRAME_FIELDS: tuple[str, ...] = tuple(name for name in keys.FIELDS if name not in _STRUCTURE)
+"""The per-frame data fields (labels such as energy/forces/stress, charge, spin, and any field
+added to :data:`mlip.keys.FIELDS`): everything a frame carries besides its structure. Stores,
+datasets and batches read this tuple, so a new field needs no change here."""
+_NAMED = ("energy", "forces", "stress", "charge", "spin")  # Frame attributes; others: extra
 
 
 class InvalidFrameError(InputError):
@@ -121,6 +138,8 @@ class Frame:
         source: the file the frame was read from.
         frame_id: the frame's id within its source (MPTrj ``task-calc-step``; else the index).
         group_id: the group the frame belongs to (MPTrj ``mp_id``), or "".
+        extra: values of any other :data:`FRAME_FIELDS` (e.g. a graph-level ``head``), by name;
+            shapes and dtypes as :data:`mlip.keys.FIELDS` describes them.
     """
 
     positions: np.ndarray
@@ -135,6 +154,19 @@ class Frame:
     source: str = ""
     frame_id: str = ""
     group_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> Any:
+        """The value of the data field ``name`` (one of :data:`FRAME_FIELDS`), or None."""
+        return getattr(self, name) if name in _NAMED else self.extra.get(name)
+
+    def with_values(self, **values: Any) -> Frame:
+        """A copy with the given :data:`FRAME_FIELDS` replaced (None removes one)."""
+        named = {k: v for k, v in values.items() if k in _NAMED}
+        extra = {**self.extra, **{k: v for k, v in values.items() if k not in _NAMED}}
+        return dataclasses.replace(
+            self, **named, extra={k: v for k, v in extra.items() if v is not None}
+        )
 
     @property
     def n_atoms(self) -> int:
@@ -147,15 +179,14 @@ class Frame:
         """This frame with every array cast to its dtype, or raise :class:`InvalidFrameError`.
 
         Args:
-            required: labels that must be present (a subset of energy, forces, stress,
-                charge, spin).
+            required: labels that must be present (a subset of :data:`FRAME_FIELDS`).
             index: the frame's position in its source, for the error message.
 
         Raises:
             InvalidFrameError: a required label is missing, a value is NaN/inf, or a shape does
                 not match the number of atoms.
         """
-        unknown = set(required) - set(_OPTIONAL_LABELS)
+        unknown = set(required) - set(FRAME_FIELDS)
         if unknown:
             raise ValueError(f"unknown required label(s) {sorted(unknown)}")
 
@@ -194,32 +225,35 @@ class Frame:
             raise fail("cell", "missing cell", "periodic frame without a cell")
 
         labels: dict[str, Any] = {}
-        for name in _OPTIONAL_LABELS:
-            value = getattr(self, name)
+        for name in FRAME_FIELDS:
+            value = self.value(name)
             if value is None:
                 if name in required:
                     raise fail(name, f"missing {name}")
                 labels[name] = None
                 continue
+            spec = keys.FIELDS[name]
+            integer = not spec.dtype.is_floating_point
             array = _as_array(value, np.float64, name, fail)
-            expected: tuple[int, ...]
-            if name == "forces":
-                expected = (n_atoms, 3)
-            elif name == "stress":
-                if array.shape == (6,):
-                    from ase.stress import voigt_6_to_full_3x3_stress
+            expected = spec.trailing_shape
+            if spec.scope == "node":
+                expected = (n_atoms, *expected)
+            elif name == keys.STRESS and array.shape == (6,):
+                from ase.stress import voigt_6_to_full_3x3_stress
 
-                    array = voigt_6_to_full_3x3_stress(array)
-                expected = (3, 3)
-            else:
-                if array.size == 1:
-                    array = array.reshape(())
-                expected = ()
+                array = voigt_6_to_full_3x3_stress(array)
+            elif expected == () and array.size == 1:
+                array = array.reshape(())
             if array.shape != expected:
                 raise fail(name, f"bad shape {name}", f"shape {array.shape}, expected {expected}")
             if not np.all(np.isfinite(array)):
                 raise fail(name, f"nan {name}", "NaN or inf")
-            labels[name] = float(array) if expected == () else np.ascontiguousarray(array)
+            if integer and np.any(array != np.round(array)):
+                raise fail(name, f"bad {name}", "not integers")
+            if expected == ():
+                labels[name] = int(array) if integer else float(array)
+            else:
+                labels[name] = np.ascontiguousarray(array, dtype=np.int64 if integer else None)
         if cell is not None and labels["stress"] is not None and abs(np.linalg.det(cell)) < 1e-12:
             raise fail("stress", "stress without volume", "cell has zero volume")
 
@@ -231,23 +265,37 @@ class Frame:
             source=str(self.source),
             frame_id=str(self.frame_id),
             group_id=str(self.group_id),
-            **labels,
+            **{k: v for k, v in labels.items() if k in _NAMED},
+            extra={k: v for k, v in labels.items() if k not in _NAMED and v is not None},
         )
 
     def to_graph(self, cutoff: float) -> AtomicGraph:
-        """The frame as an :class:`mlip.AtomicGraph` with its neighbour list at ``cutoff`` Å."""
-        return AtomicGraph.from_arrays(
+        """The frame as an :class:`mlip.AtomicGraph` with its neighbour list at ``cutoff`` Å;
+        every present :data:`FRAME_FIELDS` value is carried over."""
+        values = {name: self.value(name) for name in FRAME_FIELDS}
+        # from_arrays takes float labels; anything else is set with its registry dtype
+        direct = {
+            name
+            for name in values
+            if name in keys.LABEL_FIELDS and keys.FIELDS[name].dtype.is_floating_point
+        }
+        graph = AtomicGraph.from_arrays(
             self.positions,
             self.atomic_numbers,
             cutoff,
             cell=self.cell,
             pbc=self.pbc,
-            energy=self.energy,
-            forces=self.forces,
-            stress=self.stress,
-            charge=self.charge,
-            spin=self.spin,
+            **{name: values[name] for name in direct},
         )
+        others = {}
+        for name, value in values.items():
+            if name in direct or value is None:
+                continue
+            spec = keys.FIELDS[name]
+            leading = -1 if spec.scope == "node" else 1
+            tensor = torch.as_tensor(np.asarray(value)).to(spec.dtype)
+            others[name] = tensor.reshape(leading, *spec.trailing_shape)
+        return dataclasses.replace(graph, **others) if others else graph
 
 
 def _as_array(value: Any, dtype: type, name: str, fail: Any) -> np.ndarray:
