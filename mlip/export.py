@@ -69,6 +69,12 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _receptive_field(energy_model: torch.nn.Module) -> float:
+    """Interaction layers x cutoff in Å (one layer when the model does not say)."""
+    layers = int(getattr(energy_model, "config", {}).get("num_layers", 1))
+    return layers * float(energy_model.cutoff)
+
+
 def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
     """The JSON record stored beside the scripted model."""
     energy_model = _energy_model(model)
@@ -78,6 +84,9 @@ def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
         "cutoff": float(energy_model.cutoff),
+        # Å: atoms farther apart than this (in hops of the neighbour graph: layers x cutoff) do
+        # not see each other; chunked and domain-decomposed evaluation need it
+        "receptive_field": _receptive_field(energy_model),
         "atomic_numbers": numbers,
         "species": [chemical_symbols[z] for z in numbers],
         "model_dtype": str(energy_model.model_dtype).replace("torch.", ""),
