@@ -20,6 +20,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip import AtomicGraph, keys
 from mlip.allocator import keep_freed_memory
+from mlip.chunked import ChunkedEvaluator, num_hops
 from mlip.export import build_metadata, load
 from mlip.neighbors import neighbor_list
 
@@ -88,6 +89,10 @@ class MLIPCalculator(Calculator):
         dtype: None to run in the model's own dtype, or ``torch.float32``/``torch.float64``
             (must match the model; a mismatch is an error rather than a silent cast).
         skin: Verlet skin in Å for neighbour-list reuse (0 disables reuse).
+        memory_budget: bytes one energy + forces call may use; a structure that would need
+            more is evaluated exactly in chunks of atoms plus their receptive-field halo
+            (:mod:`mlip.chunked`). None: 60 % of the device's free memory at each call.
+        chunk_atoms: always evaluate in chunks of this many atoms (overrides the budget).
 
     On the CPU the calculator calls :func:`mlip.allocator.keep_freed_memory` (process-wide:
     glibc keeps freed tensor memory for the next step instead of unmapping it; 2-5x faster from
@@ -106,6 +111,8 @@ class MLIPCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
+        memory_budget: float | None = None,
+        chunk_atoms: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -139,6 +146,7 @@ class MLIPCalculator(Calculator):
             )
         self.dtype = model_dtype
         self._neighbors = _SkinNeighborList(self.cutoff, skin)
+        self.chunked = ChunkedEvaluator(self.model, num_hops(metadata), memory_budget, chunk_atoms)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -194,7 +202,10 @@ class MLIPCalculator(Calculator):
             batch=torch.zeros(n_atoms, dtype=torch.int64),
             num_atoms=torch.tensor([n_atoms]),
         )
-        outputs = self._run(graph, stress=periodic)
+        if self.chunked.needs_chunks(graph, self.device):
+            outputs = self.chunked(graph, self.device, stress=periodic)
+        else:
+            outputs = self._run(graph, stress=periodic)
         self.results = self._results_of(outputs, 0, slice(0, n_atoms), periodic)
 
     @staticmethod
