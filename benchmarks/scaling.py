@@ -41,6 +41,7 @@ def gmep_worker(args: dict) -> dict:
     import torch
 
     from mlip import AtomicGraph
+    from mlip.chunked import ChunkedEvaluator
     from mlip.derivatives import ForceStress
     from mlip.models import build_model
 
@@ -56,6 +57,19 @@ def gmep_worker(args: dict) -> dict:
     model.eval().requires_grad_(False)  # inference, as in the calculator
     wrapper = ForceStress(model, compute_forces=True)
     data = graph.as_dict()
+    if args["chunked"]:
+        evaluator = ChunkedEvaluator(
+            wrapper, model.config["num_layers"], memory_budget=args["chunk_budget_gb"] * 2**30
+        )
+
+        def call() -> None:
+            evaluator(graph, "cpu", stress=False)["forces"].sum().item()
+
+    else:
+
+        def call() -> None:
+            wrapper(data)["forces"].sum().item()
+
     row = {
         "code": "gmep",
         "model": f"GMEP {args['preset']}",
@@ -66,13 +80,14 @@ def gmep_worker(args: dict) -> dict:
     }
     rss_before = measure.rss_bytes()
     try:
-        seconds = measure.median_seconds(
-            lambda: wrapper(data)["forces"].sum().item(), args["repeats"]
-        )
+        seconds = measure.median_seconds(call, args["repeats"])
     except RuntimeError as error:
         if "alloc" not in str(error).lower() and "memory" not in str(error).lower():
             raise
         return {**row, "oom": True, "error": str(error)[:200]}
+    if args["chunked"]:
+        row["chunks"] = evaluator.last_chunks
+        row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom
     return {**row, "seconds": seconds, "peak_bytes": measure.peak_rss_bytes() - rss_before}
 
 
@@ -104,7 +119,7 @@ def describe(row: dict) -> str:
     return (
         f"{row['seconds'] * 1e3:10.1f} ms  {row['seconds'] / row['n_atoms'] * 1e6:8.1f} µs/atom  "
         f"{row['peak_bytes'] / 2**20:8.0f} MiB  {row['peak_bytes'] / row['n_atoms'] / 1024:6.1f} "
-        "KiB/atom"
+        "KiB/atom" + (f"  {row['chunks']} chunks" if row.get("chunks") else "")
     )
 
 
@@ -147,7 +162,10 @@ def main() -> None:
         "--runs",
         nargs="+",
         default=["small:float32", "medium:float32", "medium:float64"],
-        help="GMEP PRESET:DTYPE pairs",
+        help="GMEP PRESET:DTYPE pairs; PRESET:DTYPE:chunked evaluates in chunks (mlip.chunked)",
+    )
+    parser.add_argument(
+        "--chunk-budget-gb", type=float, default=6.0, help="memory budget of chunked runs"
     )
     parser.add_argument("--mace-python", default=None)
     parser.add_argument("--mace-dtypes", nargs="+", default=["float32"])
@@ -178,6 +196,7 @@ def main() -> None:
         "repeats": args.repeats,
         "allocator": args.allocator,
         "limit_gb": args.limit_gb,
+        "chunk_budget_gb": args.chunk_budget_gb,
     }
     mace_env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # e3nn 0.4 constants
     jobs = []
@@ -186,14 +205,15 @@ def main() -> None:
         if args.sizes:
             sizes = [n for n in sizes if n in args.sizes]
         for run in args.runs:
-            preset, dtype = run.split(":")
+            preset, dtype, *mode = run.split(":")
+            chunked = mode == ["chunked"]
             jobs.append(
                 (
                     system,
                     sizes,
-                    f"GMEP {preset} {dtype}",
+                    f"GMEP {preset} {dtype}" + (" chunked" if chunked else ""),
                     [sys.executable, __file__, "--worker"],
-                    {"preset": preset, "dtype": dtype},
+                    {"preset": preset, "dtype": dtype, "chunked": chunked},
                     None,
                 )
             )

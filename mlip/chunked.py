@@ -129,11 +129,13 @@ class _Adjacency:
 
 def _closure(
     owned: Tensor, adjacency: _Adjacency, sender: Tensor, hops: int, seen: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Atoms within ``hops`` of ``owned`` (owned first, then the halo) and the edges kept.
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Atoms within ``hops`` of ``owned``, ordered by hop, the edges kept, and layer sizes.
 
-    The edges are those whose receiver lies within ``hops - 1`` of ``owned``. ``seen`` is an
-    all-False (N,) bool scratch buffer; it is all False again on return.
+    The edges are those whose receiver lies within ``hops - 1`` of ``owned``. The sizes are
+    ``layer_receivers`` of :meth:`mlip.models.GMEP.forward`: layer t needs features of the atoms
+    within ``hops - 1 - t`` hops. ``seen`` is an all-False (N,) bool scratch buffer; it is all
+    False again on return.
     """
     frontier = owned
     levels = [owned]
@@ -148,7 +150,8 @@ def _closure(
         levels.append(frontier)
     atoms = torch.cat(levels)
     seen[atoms] = False
-    return atoms, torch.sort(torch.cat(edge_sets)).values
+    sizes = [sum(level.numel() for level in levels[: hops - t]) for t in range(hops)]
+    return atoms, torch.sort(torch.cat(edge_sets)).values, sizes
 
 
 class ChunkedEvaluator:
@@ -186,6 +189,9 @@ class ChunkedEvaluator:
         self.chunk_atoms = chunk_atoms
         self.bytes_per_atom: float | None = None
         self.last_chunks = 0
+        # (atoms, atoms allowed per subgraph, owned atoms per chunk) of the last plan: MD steps
+        # reuse it instead of searching again (the halo changes little from step to step)
+        self._last_plan = (0, 0.0, 0)
 
     # ------------------------------------------------------------------ planning
     def budget(self, device: torch.device) -> float:
@@ -199,10 +205,10 @@ class ChunkedEvaluator:
     ) -> float:
         """Peak bytes per subgraph atom, from the tensors autograd saves on a small chunk."""
         seen = torch.zeros(graph.positions.shape[0], dtype=torch.bool)
-        atoms, edges = _closure(
+        atoms, edges, sizes = _closure(
             order[:PROBE_ATOMS], adjacency, graph.edge_index[1], self.hops, seen
         )
-        data, positions, _ = self._subgraph(graph, atoms, edges, device, stress=False)
+        data, positions, _ = self._subgraph(graph, atoms, edges, sizes, device, stress=False)
         storages: dict[int, int] = {}
 
         def pack(tensor: Tensor) -> Tensor:
@@ -237,6 +243,9 @@ class ChunkedEvaluator:
         max_atoms = self.budget(device) / self.bytes_per_atom
         if max_atoms >= n_atoms:
             return n_atoms
+        planned_atoms, planned_max, planned_size = self._last_plan
+        if planned_atoms == n_atoms and 0.9 < max_atoms / planned_max < 1.1:
+            return planned_size
         seen = torch.zeros(n_atoms, dtype=torch.bool)
         sender = graph.edge_index[1]
 
@@ -265,12 +274,18 @@ class ChunkedEvaluator:
                 f"receptive field ({self.hops} hops) alone needs more at "
                 f"{self.bytes_per_atom / 1024:.0f} KiB per atom"
             )
+        self._last_plan = (n_atoms, max_atoms, best)
         return best
 
     # ------------------------------------------------------------------ evaluation
     @staticmethod
     def _subgraph(
-        graph: AtomicGraph, atoms: Tensor, edges: Tensor, device: torch.device, stress: bool
+        graph: AtomicGraph,
+        atoms: Tensor,
+        edges: Tensor,
+        sizes: list[int],
+        device: torch.device,
+        stress: bool,
     ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
         """Model input of a chunk (strained when ``stress``), its positions leaf and strain."""
         n_atoms = graph.positions.shape[0]
@@ -294,6 +309,8 @@ class ChunkedEvaluator:
             keys.CELL_SHIFTS: graph.cell_shifts.index_select(0, edges).to(device),
             keys.BATCH: batch,
             keys.NUM_ATOMS: torch.tensor([atoms.numel()], device=device),
+            # models that know it skip the halo atoms' unneeded layers; others ignore it
+            keys.LAYER_RECEIVERS: torch.tensor(sizes, dtype=torch.int64, device=device),
         }
         for name in (keys.CHARGE, keys.SPIN):  # graph-level inputs pass through unchanged
             value = getattr(graph, name)
@@ -324,8 +341,8 @@ class ChunkedEvaluator:
         self.last_chunks = 0
         for first in range(0, n_atoms, size):
             owned = order[first : first + size]
-            atoms, edges = _closure(owned, adjacency, sender, self.hops, seen)
-            data, positions, strain = self._subgraph(graph, atoms, edges, device, stress)
+            atoms, edges, sizes = _closure(owned, adjacency, sender, self.hops, seen)
+            data, positions, strain = self._subgraph(graph, atoms, edges, sizes, device, stress)
             owned_energies = self.energy_model(data)[keys.ATOMIC_ENERGIES][: owned.numel()]
             wrt = [positions] if strain is None else [positions, strain]
             grads = torch.autograd.grad([owned_energies.sum()], wrt, allow_unused=True)
