@@ -80,14 +80,14 @@ def gmep_worker(args: dict) -> dict:
     }
     rss_before = measure.rss_bytes()
     try:
-        seconds = measure.median_seconds(call, args["repeats"])
+        seconds = measure.median_seconds(call, args["repeats"], warmup=args["warmup"])
     except RuntimeError as error:
         if "alloc" not in str(error).lower() and "memory" not in str(error).lower():
             raise
         return {**row, "oom": True, "error": str(error)[:200]}
     if args["chunked"]:
         row["chunks"] = evaluator.last_chunks
-        row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom
+        row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom_layer * evaluator.hops
     return {**row, "seconds": seconds, "peak_bytes": measure.peak_rss_bytes() - rss_before}
 
 
@@ -179,6 +179,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--limit-gb", type=float, default=22.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling.json"))
@@ -194,6 +195,7 @@ def main() -> None:
     common = {
         "threads": args.threads,
         "repeats": args.repeats,
+        "warmup": args.warmup,
         "allocator": args.allocator,
         "limit_gb": args.limit_gb,
         "chunk_budget_gb": args.chunk_budget_gb,

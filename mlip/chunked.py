@@ -17,9 +17,10 @@ alive at a time, so peak memory is that of the largest chunk, not of the structu
 
 Chunks are contiguous runs of atoms in Morton (Z-curve) order of their positions, so each one is
 a compact blob and its halo is small relative to it. The chunk size comes from a memory budget:
-bytes per subgraph atom are measured once by a probe forward on a small chunk (bytes of tensors
-autograd saves, times :data:`PEAK_OVER_SAVED`), and chunks grow until their largest subgraph
-would exceed the budget.
+a chunk's memory is taken as proportional to the atoms its layers compute, summed over layers
+(a halo atom two hops out costs only positions, one hop out only the first layer), with bytes
+per atom-layer measured once by a probe forward on a small chunk (bytes of tensors autograd
+saves, times :data:`PEAK_OVER_SAVED`); chunks grow until the largest would exceed the budget.
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ class ChunkedEvaluator:
         chunk_atoms: owned atoms per chunk, overriding the budget (mainly for tests).
 
     Attributes:
-        bytes_per_atom: peak bytes per subgraph atom, measured by the first probe (None before).
+        bytes_per_atom_layer: peak bytes per atom per interaction layer it passes through,
+            measured by the first probe (None before); a whole structure of N atoms needs
+            about ``bytes_per_atom_layer * hops * N``.
         last_chunks: number of chunks of the last call (1 = evaluated whole).
     """
 
@@ -187,7 +190,7 @@ class ChunkedEvaluator:
         self.hops = int(hops)
         self.memory_budget = memory_budget
         self.chunk_atoms = chunk_atoms
-        self.bytes_per_atom: float | None = None
+        self.bytes_per_atom_layer: float | None = None
         self.last_chunks = 0
         # (atoms, atoms allowed per subgraph, owned atoms per chunk) of the last plan: MD steps
         # reuse it instead of searching again (the halo changes little from step to step)
@@ -200,10 +203,10 @@ class ChunkedEvaluator:
             return float(self.memory_budget)
         return DEFAULT_BUDGET_FRACTION * free_memory_bytes(device)
 
-    def _measure_bytes_per_atom(
+    def _measure_bytes_per_atom_layer(
         self, graph: AtomicGraph, adjacency: _Adjacency, order: Tensor, device: torch.device
     ) -> float:
-        """Peak bytes per subgraph atom, from the tensors autograd saves on a small chunk."""
+        """Peak bytes per atom-layer, from the tensors autograd saves on a small chunk."""
         seen = torch.zeros(graph.positions.shape[0], dtype=torch.bool)
         atoms, edges, sizes = _closure(
             order[:PROBE_ATOMS], adjacency, graph.edge_index[1], self.hops, seen
@@ -219,17 +222,20 @@ class ChunkedEvaluator:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             self.energy_model(data)
         del positions
-        return PEAK_OVER_SAVED * max(sum(storages.values()), 1) / atoms.numel()
+        return PEAK_OVER_SAVED * max(sum(storages.values()), 1) / sum(sizes)
 
     def needs_chunks(self, graph: AtomicGraph, device: torch.device) -> bool:
         """Whether ``graph`` would exceed the budget as a whole (always True with chunk_atoms)."""
         if self.chunk_atoms is not None:
             return self.chunk_atoms < graph.positions.shape[0]
-        if self.bytes_per_atom is None:
+        if self.bytes_per_atom_layer is None:
             adjacency = _Adjacency.of(graph.edge_index[0], graph.positions.shape[0])
             order = torch.from_numpy(morton_order(graph.positions.numpy()))
-            self.bytes_per_atom = self._measure_bytes_per_atom(graph, adjacency, order, device)
-        return self.bytes_per_atom * graph.positions.shape[0] > self.budget(device)
+            self.bytes_per_atom_layer = self._measure_bytes_per_atom_layer(
+                graph, adjacency, order, device
+            )
+        needed = self.bytes_per_atom_layer * self.hops * graph.positions.shape[0]
+        return needed > self.budget(device)
 
     def _plan(
         self, graph: AtomicGraph, adjacency: _Adjacency, order: Tensor, device: torch.device
@@ -238,10 +244,13 @@ class ChunkedEvaluator:
         n_atoms = graph.positions.shape[0]
         if self.chunk_atoms is not None:
             return self.chunk_atoms
-        if self.bytes_per_atom is None:
-            self.bytes_per_atom = self._measure_bytes_per_atom(graph, adjacency, order, device)
-        max_atoms = self.budget(device) / self.bytes_per_atom
-        if max_atoms >= n_atoms:
+        if self.bytes_per_atom_layer is None:
+            self.bytes_per_atom_layer = self._measure_bytes_per_atom_layer(
+                graph, adjacency, order, device
+            )
+        # atom-layers one chunk may compute
+        max_atoms = self.budget(device) / self.bytes_per_atom_layer
+        if max_atoms >= self.hops * n_atoms:
             return n_atoms
         planned_atoms, planned_max, planned_size = self._last_plan
         if planned_atoms == n_atoms and 0.9 < max_atoms / planned_max < 1.1:
@@ -251,7 +260,7 @@ class ChunkedEvaluator:
 
         def largest(size: int) -> int:
             return max(
-                _closure(order[s : s + size], adjacency, sender, self.hops, seen)[0].numel()
+                sum(_closure(order[s : s + size], adjacency, sender, self.hops, seen)[2])
                 for s in range(0, n_atoms, size)
             )
 
@@ -272,7 +281,7 @@ class ChunkedEvaluator:
             raise MemoryError(
                 f"memory budget {self.budget(device) / 2**30:.2f} GiB is too small: one atom's "
                 f"receptive field ({self.hops} hops) alone needs more at "
-                f"{self.bytes_per_atom / 1024:.0f} KiB per atom"
+                f"{self.bytes_per_atom_layer / 1024:.0f} KiB per atom and layer"
             )
         self._last_plan = (n_atoms, max_atoms, best)
         return best

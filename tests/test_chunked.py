@@ -98,8 +98,8 @@ def test_calculator_chunks_when_over_budget(tmp_path) -> None:
     # a budget below the structure's estimated need, above one chunk's
     budgeted = MLIPCalculator(path)
     budgeted.chunked.needs_chunks(AtomicGraph.from_atoms(atoms, CUTOFF), torch.device("cpu"))
-    per_atom = budgeted.chunked.bytes_per_atom
-    budgeted.chunked.memory_budget = 150 * per_atom
+    per_atom_layer = budgeted.chunked.bytes_per_atom_layer
+    budgeted.chunked.memory_budget = 2 * 150 * per_atom_layer
     for calculator in (MLIPCalculator(path, chunk_atoms=37), budgeted):
         atoms.calc = calculator
         assert abs(atoms.get_potential_energy() - reference["energy"]) < TOLERANCE
