@@ -171,7 +171,7 @@ class ChunkedEvaluator:
         bytes_per_atom_layer: peak bytes per atom per interaction layer it passes through,
             measured by the first probe (None before); a whole structure of N atoms needs
             about ``bytes_per_atom_layer * hops * N``.
-        last_chunks: number of chunks of the last call (1 = evaluated whole).
+        last_chunks: number of chunks of the last call of this evaluator (0 before any).
     """
 
     def __init__(
@@ -226,7 +226,10 @@ class ChunkedEvaluator:
         return PEAK_OVER_SAVED * max(sum(storages.values()), 1) / sum(sizes)
 
     def needs_chunks(self, graph: AtomicGraph, device: torch.device) -> bool:
-        """Whether ``graph`` would exceed the budget as a whole (always True with chunk_atoms)."""
+        """Whether ``graph`` would exceed the budget as a whole (or has more than chunk_atoms).
+
+        The first call measures :attr:`bytes_per_atom_layer` with one probe forward.
+        """
         if self.chunk_atoms is not None:
             return self.chunk_atoms < graph.positions.shape[0]
         if self.bytes_per_atom_layer is None:
