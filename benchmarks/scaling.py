@@ -12,6 +12,12 @@ Both codes run with the same allocator setting (``mlip.allocator.keep_freed_memo
 
     python benchmarks/scaling.py --mace-python /tmp/mace-venv/bin/python
     python benchmarks/scaling.py --systems copper --sizes 1372 4000 --runs medium:float32
+    python benchmarks/scaling.py --systems copper --sizes 4000 97556 \
+        --runs medium:float32:chunked --chunk-budget-gb 8 --repeats 1 --warmup 0 --limit-gb 12
+
+A ``:chunked`` run evaluates through :class:`mlip.chunked.ChunkedEvaluator` with a memory budget
+of ``--chunk-budget-gb``; its rows add ``chunks`` and the evaluator's whole-structure memory
+estimate ``estimated_bytes_per_atom``.
 """
 
 from __future__ import annotations
