@@ -12,6 +12,12 @@ Both codes run with the same allocator setting (``mlip.allocator.keep_freed_memo
 
     python benchmarks/scaling.py --mace-python /tmp/mace-venv/bin/python
     python benchmarks/scaling.py --systems copper --sizes 1372 4000 --runs medium:float32
+    python benchmarks/scaling.py --systems copper --sizes 4000 97556 \
+        --runs medium:float32:chunked --chunk-budget-gb 8 --repeats 1 --warmup 0 --limit-gb 12
+
+A ``:chunked`` run evaluates through :class:`mlip.chunked.ChunkedEvaluator` with a memory budget
+of ``--chunk-budget-gb``; its rows add ``chunks`` and the evaluator's whole-structure memory
+estimate ``estimated_bytes_per_atom``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def gmep_worker(args: dict) -> dict:
     import torch
 
     from mlip import AtomicGraph
+    from mlip.chunked import ChunkedEvaluator
     from mlip.derivatives import ForceStress
     from mlip.models import build_model
 
@@ -56,6 +63,19 @@ def gmep_worker(args: dict) -> dict:
     model.eval().requires_grad_(False)  # inference, as in the calculator
     wrapper = ForceStress(model, compute_forces=True)
     data = graph.as_dict()
+    if args["chunked"]:
+        evaluator = ChunkedEvaluator(
+            wrapper, model.config["num_layers"], memory_budget=args["chunk_budget_gb"] * 2**30
+        )
+
+        def call() -> None:
+            evaluator(graph, "cpu", stress=False)["forces"].sum().item()
+
+    else:
+
+        def call() -> None:
+            wrapper(data)["forces"].sum().item()
+
     row = {
         "code": "gmep",
         "model": f"GMEP {args['preset']}",
@@ -66,13 +86,14 @@ def gmep_worker(args: dict) -> dict:
     }
     rss_before = measure.rss_bytes()
     try:
-        seconds = measure.median_seconds(
-            lambda: wrapper(data)["forces"].sum().item(), args["repeats"]
-        )
+        seconds = measure.median_seconds(call, args["repeats"], warmup=args["warmup"])
     except RuntimeError as error:
         if "alloc" not in str(error).lower() and "memory" not in str(error).lower():
             raise
         return {**row, "oom": True, "error": str(error)[:200]}
+    if args["chunked"]:
+        row["chunks"] = evaluator.last_chunks
+        row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom_layer * evaluator.hops
     return {**row, "seconds": seconds, "peak_bytes": measure.peak_rss_bytes() - rss_before}
 
 
@@ -104,7 +125,7 @@ def describe(row: dict) -> str:
     return (
         f"{row['seconds'] * 1e3:10.1f} ms  {row['seconds'] / row['n_atoms'] * 1e6:8.1f} µs/atom  "
         f"{row['peak_bytes'] / 2**20:8.0f} MiB  {row['peak_bytes'] / row['n_atoms'] / 1024:6.1f} "
-        "KiB/atom"
+        "KiB/atom" + (f"  {row['chunks']} chunks" if row.get("chunks") else "")
     )
 
 
@@ -147,7 +168,10 @@ def main() -> None:
         "--runs",
         nargs="+",
         default=["small:float32", "medium:float32", "medium:float64"],
-        help="GMEP PRESET:DTYPE pairs",
+        help="GMEP PRESET:DTYPE pairs; PRESET:DTYPE:chunked evaluates in chunks (mlip.chunked)",
+    )
+    parser.add_argument(
+        "--chunk-budget-gb", type=float, default=6.0, help="memory budget of chunked runs"
     )
     parser.add_argument("--mace-python", default=None)
     parser.add_argument("--mace-dtypes", nargs="+", default=["float32"])
@@ -161,6 +185,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--limit-gb", type=float, default=22.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling.json"))
@@ -176,8 +201,10 @@ def main() -> None:
     common = {
         "threads": args.threads,
         "repeats": args.repeats,
+        "warmup": args.warmup,
         "allocator": args.allocator,
         "limit_gb": args.limit_gb,
+        "chunk_budget_gb": args.chunk_budget_gb,
     }
     mace_env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # e3nn 0.4 constants
     jobs = []
@@ -186,14 +213,15 @@ def main() -> None:
         if args.sizes:
             sizes = [n for n in sizes if n in args.sizes]
         for run in args.runs:
-            preset, dtype = run.split(":")
+            preset, dtype, *mode = run.split(":")
+            chunked = mode == ["chunked"]
             jobs.append(
                 (
                     system,
                     sizes,
-                    f"GMEP {preset} {dtype}",
+                    f"GMEP {preset} {dtype}" + (" chunked" if chunked else ""),
                     [sys.executable, __file__, "--worker"],
-                    {"preset": preset, "dtype": dtype},
+                    {"preset": preset, "dtype": dtype, "chunked": chunked},
                     None,
                 )
             )

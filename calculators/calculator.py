@@ -20,6 +20,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip import AtomicGraph, keys
 from mlip.allocator import keep_freed_memory
+from mlip.chunked import ChunkedEvaluator, num_hops
 from mlip.electronic import charge_and_spin
 from mlip.export import build_metadata, load
 from mlip.neighbors import check_min_distance, neighbor_list
@@ -97,6 +98,10 @@ class MLIPCalculator(Calculator):
     A model that needs the total charge and spin multiplicity (``metadata["inputs"]``) reads
     them from ``atoms.info["charge"]`` and ``atoms.info["spin"]`` (defaults 0 and 1, with a
     warning); a multiplicity impossible for the electron count is an error.
+        memory_budget: bytes one energy + forces call may use; a structure that would need
+            more is evaluated exactly in chunks of atoms plus their receptive-field halo
+            (:mod:`mlip.chunked`). None: 60 % of the device's free memory at each call.
+        chunk_atoms: always evaluate in chunks of this many atoms (overrides the budget).
 
     On the CPU the calculator calls :func:`mlip.allocator.keep_freed_memory` (process-wide:
     glibc keeps freed tensor memory for the next step instead of unmapping it; 2-5x faster from
@@ -120,6 +125,8 @@ class MLIPCalculator(Calculator):
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
         head: str | None = None,
+        memory_budget: float | None = None,
+        chunk_atoms: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -166,6 +173,11 @@ class MLIPCalculator(Calculator):
                 else f"head={head!r} given, but this model has no heads"
             )
         self.head = head if head is not None else (self.heads[0] if self.heads else None)
+        self.chunked = (  # a non-local model (receptive_field null) is always evaluated whole
+            None
+            if "receptive_field" in metadata and metadata["receptive_field"] is None
+            else ChunkedEvaluator(self.model, num_hops(metadata), memory_budget, chunk_atoms)
+        )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -244,7 +256,10 @@ class MLIPCalculator(Calculator):
             num_atoms=torch.tensor([n_atoms]),
             **self._state_inputs(atoms),
         )
-        outputs = self._run(graph, stress=periodic)
+        if self.chunked is not None and self.chunked.needs_chunks(graph, self.device):
+            outputs = self.chunked(graph, self.device, stress=periodic)
+        else:
+            outputs = self._run(graph, stress=periodic)
         self.results = self._results_of(outputs, 0, slice(0, n_atoms), periodic)
 
     @staticmethod

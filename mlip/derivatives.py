@@ -13,7 +13,20 @@ from torch import Tensor, nn
 
 from mlip import keys
 
-__all__ = ["ForceStress"]
+__all__ = ["ForceStress", "strained"]
+
+
+def strained(
+    positions: Tensor, cell: Tensor, batch: Tensor, strain: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Positions (N, 3) and cells (B, 3, 3) under the symmetric part of ``strain`` (B, 3, 3).
+
+    ``x -> x (1 + eps)`` and ``cell -> cell (1 + eps)`` with ``eps = (strain + strain^T) / 2``;
+    ``batch`` (N,) maps atoms to structures. ``dE/dstrain`` at zero strain is the virial.
+    """
+    symmetric = 0.5 * (strain + strain.transpose(1, 2))
+    moved = positions + torch.bmm(positions.unsqueeze(1), symmetric[batch]).squeeze(1)
+    return moved, cell + torch.bmm(cell, symmetric)
 
 
 class ForceStress(nn.Module):
@@ -68,12 +81,9 @@ class ForceStress(nn.Module):
             strain = torch.zeros(
                 (n_graphs, 3, 3), dtype=positions.dtype, device=positions.device
             ).requires_grad_(True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            batch = data[keys.BATCH]
-            inputs[keys.POSITIONS] = positions + torch.bmm(
-                positions.unsqueeze(1), symmetric[batch]
-            ).squeeze(1)
-            inputs[keys.CELL] = cell + torch.bmm(cell, symmetric)
+            moved, deformed = strained(positions, cell, data[keys.BATCH], strain)
+            inputs[keys.POSITIONS] = moved
+            inputs[keys.CELL] = deformed
             wrt.append(strain)
         else:
             inputs[keys.POSITIONS] = positions

@@ -72,20 +72,30 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _interactions(energy_model: torch.nn.Module) -> int | None:
+    """Message-passing steps of a local model (``config["num_layers"]``, else 1); None for a
+    model whose energies depend on the whole structure (``local = False``, e.g. LEFTNet's
+    molecular frame), which can be neither chunked nor split over LAMMPS domains."""
+    if not getattr(energy_model, "local", True):
+        return None
+    return int(getattr(energy_model, "config", {}).get("num_layers", 1))
+
+
 def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
     """The JSON record stored beside the scripted model."""
     energy_model = _energy_model(model)
     numbers = [int(z) for z in energy_model.species]
-    # message-passing steps: an atom's energy depends on atoms up to this many cutoffs away
-    # (LAMMPS needs it for the ghost-atom shell of each MPI rank)
-    interactions = int(energy_model.config["num_layers"])
+    interactions = _interactions(energy_model)
+    cutoff = float(energy_model.cutoff)
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
         "cutoff": float(energy_model.cutoff),
+        # message-passing steps: an atom's energy depends on atoms up to this many cutoffs away;
+        # LAMMPS (ghost shell) and chunked evaluation (halo) need it. None: not local.
         "num_interactions": interactions,
-        "receptive_field": interactions * float(energy_model.cutoff),
+        "receptive_field": None if interactions is None else interactions * cutoff,
         "atomic_numbers": numbers,
         "species": [chemical_symbols[z] for z in numbers],
         "model_dtype": str(energy_model.model_dtype).replace("torch.", ""),

@@ -30,6 +30,9 @@ HEAD: Final[str] = "head"
 
 # Model outputs that are not graph fields.
 ATOMIC_ENERGIES: Final[str] = "energies"
+# Optional model input that is not a graph field: (T,) int64, atoms each interaction layer
+# computes features for (chunked evaluation, see mlip.models.gmep.GMEP.forward).
+LAYER_RECEIVERS: Final[str] = "layer_receivers"
 
 
 @dataclass(frozen=True)

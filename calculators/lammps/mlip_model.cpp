@@ -181,7 +181,12 @@ ModelInfo parse_info(const std::string &raw, const std::string &path) {
                              std::to_string(kFormatVersion) + "); rebuild it with mlip-lammps build");
   ModelInfo info;
   info.cutoff = number_field(meta, "cutoff", path);
-  if (meta.get("num_interactions") != nullptr) {
+  const Json *interactions = meta.get("num_interactions");
+  if (interactions != nullptr && interactions->kind == Json::Null)
+    throw std::runtime_error(path + ": this model is not local (its energies depend on the "
+                                    "whole structure, e.g. LEFTNet's molecular frame), so it "
+                                    "cannot run in LAMMPS");
+  if (interactions != nullptr) {
     info.num_interactions = static_cast<int>(number_field(meta, "num_interactions", path));
   } else {  // files exported before the field existed: read the model's own config
     const Json *config = meta.get("model_config");

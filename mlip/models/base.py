@@ -98,7 +98,12 @@ class AtomicEnergyModel(nn.Module):
         heads: head names (empty for a model without ``heads``).
         required_inputs: graph fields beyond the geometry the model needs (a subclass sets
             ``["charge", "spin"]`` when it embeds them).
+        local: True when an atom's energy depends only on atoms within ``num_layers`` hops of
+            the neighbour graph (chunked evaluation and LAMMPS domains rely on it); a model
+            with a global frame sets False.
     """
+
+    local: bool = True
 
     def __init__(
         self,

@@ -258,24 +258,36 @@ class _Interaction(nn.Module):
         return torch.bmm(gathered, weights)  # (D, N, C)
 
     def _atomic_basis_receiver_gemm(
-        self, features: Tensor, outer_padded: Tensor, sender_padded: Tensor, max_neighbors: int
+        self,
+        features: Tensor,
+        outer_padded: Tensor,
+        sender_padded: Tensor,
+        max_neighbors: int,
+        n_nodes: int,
     ) -> Tensor:
-        """Atomic basis (D, N, C) for scalar features, as per-receiver GEMMs.
+        """Atomic basis (D, n_nodes, C) of the first ``n_nodes`` receivers, as GEMMs.
 
-        Row ``i * max_neighbors + m`` of ``outer_padded`` (N M, K' D) and ``sender_padded``
-        (N M,) is the m-th neighbour of receiver i; padding rows have zero basis and sender N.
+        Row ``i * max_neighbors + m`` of ``outer_padded`` (R M, K' D) and ``sender_padded``
+        (R M,) is the m-th neighbour of receiver i; padding rows have zero basis and sender
+        R = ``features.shape[1]`` (the senders' features, (1, R, C)).
         """
-        n_nodes = features.shape[1]
         control = self.radial.linear_weights()  # (K', P C)
         n_basis = control.shape[0]
         d_edge = outer_padded.shape[1] // n_basis
         up = self.up(features)[0]  # (N, C)
-        # row N of the extended table is zero: padding rows gather it (and index_select saves
-        # only the index for backward, unlike index_copy, which keeps its source alive)
-        extended = torch.cat([up, torch.zeros_like(up[:1])], dim=0)
-        source_padded = extended.index_select(0, sender_padded)  # (N M, C)
+        # row R_table (the table's padding sender) of the extended table is zero: padding rows
+        # gather it (and index_select saves only the index for backward, unlike index_copy,
+        # which keeps its source alive). Rows between R and R_table exist only when layers
+        # are restricted to fewer receivers and are never gathered.
+        table_nodes = outer_padded.shape[0] // max_neighbors
+        zero_rows = torch.zeros(
+            (table_nodes + 1 - up.shape[0], up.shape[1]), dtype=up.dtype, device=up.device
+        )
+        extended = torch.cat([up, zero_rows], dim=0)
+        rows = n_nodes * max_neighbors
+        source_padded = extended.index_select(0, sender_padded[:rows])  # (N M, C)
         moments = torch.bmm(
-            outer_padded.reshape(n_nodes, max_neighbors, n_basis * d_edge).transpose(1, 2),
+            outer_padded[:rows].reshape(n_nodes, max_neighbors, n_basis * d_edge).transpose(1, 2),
             source_padded.reshape(n_nodes, max_neighbors, self.channels),
         ).reshape(n_nodes, n_basis, d_edge, self.channels)
         control = control.reshape(n_basis, self.num_paths, self.channels)
@@ -289,9 +301,13 @@ class _Interaction(nn.Module):
         lengths: Tensor,
         sender: Tensor,
         receiver: Tensor,
+        n_nodes: int,
     ) -> Tensor:
-        """Atomic basis (D, N, C) by explicit per-edge messages."""
-        n_nodes = features.shape[1]
+        """Atomic basis (D, n_nodes, C) of the first ``n_nodes`` receivers, by per-edge messages."""
+        if n_nodes < features.shape[1]:  # restricted layer: keep the edges into its receivers
+            keep = receiver < n_nodes
+            edge_sh, lengths = edge_sh[keep], lengths[keep]
+            sender, receiver = sender[keep], receiver[keep]
         radial = self.radial(lengths).reshape(-1, self.num_paths, self.channels)
         up = self.up(features)
         if self.lmax_in == 0:
@@ -318,27 +334,33 @@ class _Interaction(nn.Module):
         inv_avg_neighbors: Tensor,
         tables: dict[str, Tensor],
         max_neighbors: int,
+        n_nodes: int,
     ) -> tuple[Tensor, Tensor]:
-        """features (D_in, N, C) -> (D_out, N, C) and per-atom energy contribution (N,).
+        """features (D_in, R, C) -> (D_out, n_nodes, C) and energy contributions (n_nodes,).
 
-        For a species-factorised first layer, ``features`` is the embedding table (1, S, C).
-        ``tables`` holds the padded neighbour tables of :meth:`GMEP._neighbor_tables`.
+        Outputs are for the first ``n_nodes`` atoms (receivers); ``features`` are those of the
+        senders, R >= n_nodes. For a species-factorised first layer, ``features`` is the
+        embedding table (1, S, C). ``tables`` holds the padded neighbour tables of
+        :meth:`GMEP._neighbor_tables`.
         """
+        species = species[:n_nodes]
         if self.species_factorised:
             atomic_basis = self._atomic_basis_species(
-                features, species.shape[0], tables["outer"], tables["species_slot"]
+                features, n_nodes, tables["outer"], tables["species_slot"]
             )
         elif self.receiver_gemm:
             atomic_basis = self._atomic_basis_receiver_gemm(
-                features, tables["outer"], tables["sender"], max_neighbors
+                features, tables["outer"], tables["sender"], max_neighbors, n_nodes
             )
         else:
-            atomic_basis = self._atomic_basis_edges(features, edge_sh, lengths, sender, receiver)
+            atomic_basis = self._atomic_basis_edges(
+                features, edge_sh, lengths, sender, receiver, n_nodes
+            )
         atomic_basis = (atomic_basis * inv_avg_neighbors).contiguous()
         mixed = self.gate(self.mixer(atomic_basis, species))  # (D_out, N, C)
         skip_linear = self.skip
         if skip_linear is not None:
-            skip = skip_linear(features[: self.d_skip])
+            skip = skip_linear(features[: self.d_skip, :n_nodes])
             if self.d_skip < self.d_out:
                 mixed = torch.cat([mixed[: self.d_skip] + skip, mixed[self.d_skip :]], dim=0)
             else:
@@ -424,8 +446,11 @@ class GMEP(AtomicEnergyModel):
         sender: Tensor,
         receiver: Tensor,
         species: Tensor,
+        n_nodes: int,
     ) -> tuple[dict[str, Tensor], int]:
-        """Zero-padded per-receiver neighbour tables (N M rows, M = most neighbours), and M.
+        """Zero-padded tables of the first ``n_nodes`` atoms (N M rows, M = most neighbours), M.
+
+        Every receiver must be < ``n_nodes`` (all atoms unless ``layer_receivers`` is given).
 
         Row ``i * M + m`` is the m-th neighbour of atom i. Returns ``outer`` (N M, K' D): spline
         basis times edge harmonics (zero on padding rows); ``sender`` (N M,): sender atom, N on
@@ -435,7 +460,6 @@ class GMEP(AtomicEnergyModel):
         tables: dict[str, Tensor] = {}
         if not self.uses_tables:
             return tables, 1
-        n_nodes = species.shape[0]
         device = receiver.device
         slot, max_neighbors = padded_slots(receiver, n_nodes)
         rows = n_nodes * max_neighbors
@@ -464,7 +488,12 @@ class GMEP(AtomicEnergyModel):
             data: ``AtomicGraph.as_dict()``: positions (N, 3) Å, atomic_numbers (N,),
                 cell (B, 3, 3) Å, edge_index (2, E), cell_shifts (E, 3), batch (N,),
                 num_atoms (B,); with ``charge_spin`` also charge (B,) and spin (B,) (float64
-                holding integers); optionally head (B,) int64.
+                holding integers); optionally head (B,) int64. Optional ``layer_receivers``
+                (T,) int64, non-increasing: layer t computes features only for the first
+                ``layer_receivers[t]`` atoms (every edge's receiver must be below
+                ``layer_receivers[0]``); used by :mod:`mlip.chunked`, where only the first
+                ``layer_receivers[-1]`` atoms' energies are exact and the other atoms of the
+                chunk only need to be seen.
 
         Returns:
             ``energy`` (B,) eV and ``energies`` (N,) eV, float64.
@@ -481,7 +510,15 @@ class GMEP(AtomicEnergyModel):
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
         inv_avg = 1.0 / self.avg_num_neighbors
-        tables, max_neighbors = self._neighbor_tables(edge_sh, lengths, sender, receiver, species)
+        n_atoms = positions.shape[0]
+        receivers: list[int] = [n_atoms for _ in range(len(self.layers))]
+        if keys.LAYER_RECEIVERS in data:
+            counts = data[keys.LAYER_RECEIVERS]
+            for t in range(len(receivers)):
+                receivers[t] = int(counts[t])
+        tables, max_neighbors = self._neighbor_tables(
+            edge_sh, lengths, sender, receiver, species, receivers[0]
+        )
 
         heads = self._heads(data, n_graphs)
         if self.first_layer_factorised:
@@ -492,8 +529,8 @@ class GMEP(AtomicEnergyModel):
         if graph_state is not None:
             state = graph_state(data, heads)  # (B, C)
             features = features + state.index_select(0, batch).unsqueeze(0)
-        atomic = torch.zeros(positions.shape[0], dtype=dtype, device=positions.device)
-        for layer in self.layers:
+        atomic = torch.zeros(n_atoms, dtype=dtype, device=positions.device)
+        for t, layer in enumerate(self.layers):
             features, contribution = layer(
                 features,
                 species,
@@ -504,7 +541,10 @@ class GMEP(AtomicEnergyModel):
                 inv_avg,
                 tables,
                 max_neighbors,
+                receivers[t],
             )
+            if receivers[t] < n_atoms:
+                contribution = torch.nn.functional.pad(contribution, [0, n_atoms - receivers[t]])
             atomic = atomic + contribution
         return self.total_energy(atomic, species, batch, n_graphs, heads)
 

@@ -166,6 +166,8 @@ class LEFTNet(AtomicEnergyModel):
         ValueError: a structure with periodic boundary conditions.
     """
 
+    local = False  # the molecular frame (centroid) depends on every atom
+
     def __init__(
         self, config: LEFTNetConfig, dtype: torch.dtype = torch.float32, preset: str | None = None
     ) -> None:

@@ -1,0 +1,145 @@
+"""Chunked evaluation (mlip.chunked) equals the whole-structure evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from calculators import MLIPCalculator
+from mlip import AtomicGraph, keys
+from mlip.chunked import ChunkedEvaluator, morton_order, num_hops
+from mlip.export import build_metadata, load, save, script
+from mlip.models import build_model
+from mlip.testing import perturb_parameters
+
+CUTOFF = 3.0  # first fcc shell only: one atom's 2-hop closure is 55 of 256 atoms
+TOLERANCE = 1e-10
+
+
+def _model(species: list[int], **hyper) -> torch.nn.Module:
+    model = build_model(
+        species=species,
+        cutoff=CUTOFF,
+        preset="small",
+        dtype="float64",
+        channels=8,
+        mixer_channels=8,
+        **hyper,
+    )
+    return perturb_parameters(model, seed=1)
+
+
+def _copper(repeat: int = 4) -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((repeat,) * 3)
+    atoms.rattle(0.1, seed=2)
+    return atoms
+
+
+def _compare(reference: dict, chunked: dict, stress: bool) -> None:
+    names = [keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES] + ([keys.STRESS] if stress else [])
+    for name in names:
+        error = float((chunked[name] - reference[name].detach()).abs().max())
+        assert error < TOLERANCE, f"{name}: max difference {error:.2e}"
+
+
+def _check_chunks(model: torch.nn.Module, atoms: Atoms, sizes: list[int], stress: bool) -> None:
+    module = script(model)
+    module.compute_stress = stress
+    graph = AtomicGraph.from_atoms(atoms, CUTOFF)
+    reference = module(graph.as_dict())
+    for size in sizes:
+        evaluator = ChunkedEvaluator(module, num_hops(build_metadata(model)), chunk_atoms=size)
+        result = evaluator(graph, "cpu", stress=stress)
+        assert evaluator.last_chunks == -(-len(atoms) // size)
+        _compare(reference, result, stress)
+
+
+def test_periodic_cell_cut_by_chunks() -> None:
+    # chunk sizes 1 and 20 are smaller than one atom's halo (54 atoms); 255 leaves one atom over
+    _check_chunks(_model([29]), _copper(), [1, 20, 100, 255], stress=True)
+
+
+def test_triclinic_two_species_three_layers_vector_features() -> None:
+    atoms = bulk("Cu", "fcc", a=3.61).repeat((5, 5, 5))
+    atoms.rattle(0.1, seed=3)
+    numbers = atoms.numbers.copy()
+    numbers[np.random.default_rng(0).random(len(atoms)) < 0.4] = 47
+    atoms.numbers = numbers
+    model = _model([29, 47], num_layers=3, lmax_hidden=1)
+    _check_chunks(model, atoms, [3, 40], stress=True)
+
+
+def test_molecule() -> None:
+    atoms = _copper(3)
+    atoms.pbc = False
+    atoms.cell = None
+    _check_chunks(_model([29]), atoms, [1, 10, 50], stress=False)
+
+
+def test_morton_order_is_a_permutation() -> None:
+    positions = np.random.default_rng(0).random((500, 3)) * [10.0, 1.0, 0.0]
+    assert sorted(morton_order(positions).tolist()) == list(range(500))
+
+
+def test_calculator_chunks_when_over_budget(tmp_path) -> None:
+    model = _model([29])
+    path = save(model, tmp_path / "model.pt")
+    atoms = _copper()
+    whole = MLIPCalculator(path, chunk_atoms=10**9)
+    atoms.calc = whole
+    reference = {name: atoms.get_properties([name])[name] for name in ("energy", "stress")}
+    reference["forces"] = atoms.get_forces()
+    reference["energies"] = atoms.get_potential_energies()
+    assert whole.chunked.last_chunks == 0  # evaluated as one structure
+
+    # a budget below the structure's estimated need, above one chunk's
+    budgeted = MLIPCalculator(path)
+    budgeted.chunked.needs_chunks(AtomicGraph.from_atoms(atoms, CUTOFF), torch.device("cpu"))
+    per_atom_layer = budgeted.chunked.bytes_per_atom_layer
+    budgeted.chunked.memory_budget = 2 * 150 * per_atom_layer
+    for calculator in (MLIPCalculator(path, chunk_atoms=37), budgeted):
+        atoms.calc = calculator
+        assert abs(atoms.get_potential_energy() - reference["energy"]) < TOLERANCE
+        assert np.abs(atoms.get_forces() - reference["forces"]).max() < TOLERANCE
+        assert np.abs(atoms.get_stress() - reference["stress"]).max() < TOLERANCE
+        assert np.abs(atoms.get_potential_energies() - reference["energies"]).max() < TOLERANCE
+        assert calculator.chunked.last_chunks > 1
+
+
+def test_receptive_field_in_metadata_and_fallback(tmp_path) -> None:
+    model = _model([29], num_layers=3)
+    _, metadata = load(save(model, tmp_path / "model.pt"))
+    assert metadata["receptive_field"] == pytest.approx(3 * CUTOFF)
+    assert num_hops(metadata) == 3
+    del metadata["receptive_field"]  # files written before it was recorded
+    assert num_hops(metadata) == 3
+
+
+def test_budget_too_small_is_a_clear_error() -> None:
+    module = script(_model([29]))
+    evaluator = ChunkedEvaluator(module, 2, memory_budget=1000.0)
+    with pytest.raises(MemoryError, match="memory budget .* too small"):
+        evaluator(AtomicGraph.from_atoms(_copper(), CUTOFF), "cpu", stress=False)
+
+
+def test_non_local_model_is_never_chunked() -> None:
+    """LEFTNet's frame depends on the whole molecule: its metadata says so (receptive field
+    null) and the calculator evaluates it whole even under a one-atom chunk size."""
+    from ase.build import molecule
+
+    model = build_model(
+        "leftnet", species=[1, 6, 8], cutoff=4.0, dtype=torch.float64, channels=4, num_radial=4
+    )
+    metadata = build_metadata(model)
+    assert metadata["receptive_field"] is None and metadata["num_interactions"] is None
+    mol = molecule("CH3CH2OH")
+    whole = MLIPCalculator(model)
+    tiny = MLIPCalculator(model, chunk_atoms=1)
+    assert tiny.chunked is None
+    mol.calc = whole
+    reference = mol.get_forces().copy()
+    mol.calc = tiny
+    np.testing.assert_allclose(mol.get_forces(), reference, rtol=1e-10, atol=1e-12)
