@@ -16,9 +16,8 @@ exported file:
   random O(3) matrices: RMS of ``E(Rx) - E(x)`` (meV/atom) and of ``F(Rx) - R F(x)``
   (meV/Å, per component).
 
-The TransIP ``embedding`` arm needs the trainer to add
-``model.config["equivariance_weight"] * mlip.models.transip.equivariance_loss(...)`` to the
-loss; until the trainer does, that arm trains like a plain transformer and the table says so
+The TransIP ``embedding`` arm trains with its equivariance objective: the trainer adds the
+model's ``auxiliary_loss`` (``equivariance_weight * equivariance_loss``) to every step's loss
 (column "objective").
 
 Usage::
@@ -68,8 +67,8 @@ LIQUID_ATOMS = 960
 
 
 def trainer_applies_equivariance_loss() -> bool:
-    """Whether the trainer calls ``equivariance_loss`` (the TransIP embedding arm's objective)."""
-    return any("equivariance_loss" in p.read_text() for p in (REPO / "training").glob("*.py"))
+    """Whether the trainer adds a model's ``auxiliary_loss`` (TransIP's objective) to the loss."""
+    return any("auxiliary_loss" in p.read_text() for p in (REPO / "training").glob("*.py"))
 
 
 def load_exported(path: str) -> tuple[torch.jit.ScriptModule, dict]:

@@ -3,6 +3,8 @@ LEFTNet (tiny configurations)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -187,3 +189,39 @@ def test_transip_augmentation_arm_has_no_objective_network() -> None:
     assert model.latent_transform is None
     with pytest.raises(ValueError, match="'embedding' arm"):
         equivariance_loss(model, data, torch.eye(3, dtype=torch.float64))
+
+
+def test_trainer_adds_the_transip_objective(tmp_path: Path) -> None:
+    """mlip-train adds the embedding arm's ``auxiliary_loss``: with equivariance_weight 0 and 1
+    the same seeded run ends with different shared weights (identical if the hook were absent)."""
+    from training.config import config_from_dict
+    from training.trainer import train
+
+    data = Path(__file__).resolve().parents[1] / "data" / "demo" / "demo_train.extxyz"
+
+    def run(weight: float) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"w{weight}"
+        hyper = {"num_layers": 1, "channels": 8, "num_heads": 2, "ffn_hidden": 8}
+        config = config_from_dict(
+            {
+                "data": {"train": str(data), "valid": 0.25, "max_structures": 8},
+                "model": {
+                    "name": "transip",
+                    "cutoff": 3.5,
+                    "hyper": {**hyper, "arm": "embedding", "equivariance_weight": weight},
+                },
+                "train": {
+                    "max_epochs": 1,
+                    "batch": {"size": 3},
+                    "num_threads": 1,
+                    "progress_bar": False,
+                },
+                "output_dir": str(out),
+            }
+        )
+        train(config)
+        state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+        return {k: v for k, v in state.items() if "latent_transform" not in k}
+
+    without, with_objective = run(0.0), run(1.0)
+    assert any(not torch.equal(without[k], with_objective[k]) for k in without)

@@ -256,6 +256,10 @@ class Trainer:
             predictions = self.wrappers[step_stress](graph.as_dict())
             loss_type, delta = self.config.loss.type, self.config.loss.huber_delta
             loss, _ = weighted_loss(predictions, graph, weights, counts, loss_type, delta)
+            auxiliary = getattr(self.model, "auxiliary_loss", None)  # e.g. TransIP's objective
+            extra = auxiliary(graph.as_dict()) if auxiliary is not None else None
+            if extra is not None:  # a per-rank mean: gradients are summed over ranks
+                loss = loss + extra / info.world_size
             loss.backward()
             loss_value = float(loss.detach())
         distributed.all_reduce_gradients(self.parameters)

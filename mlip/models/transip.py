@@ -235,6 +235,17 @@ class TransIP(AtomicEnergyModel):
         latent = neighbors.sum(dim=1) / self.avg_num_neighbors
         return latent, species
 
+    @torch.jit.unused
+    def auxiliary_loss(self, data: dict[str, Tensor]) -> Tensor | None:
+        """The training-only term the trainer adds to the loss (None for the augmentation arm):
+        ``equivariance_weight * equivariance_loss`` under one Haar-random O(3) matrix per
+        structure (drawn from torch's global generator, so a resumed run repeats it)."""
+        if self.latent_transform is None:
+            return None
+        n_graphs = data[keys.NUM_ATOMS].shape[0]
+        rotation = random_rotations(n_graphs, torch.float64, data[keys.POSITIONS].device)
+        return self.equivariance_weight * equivariance_loss(self, data, rotation)
+
     def forward(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Energies of a batch (``AtomicGraph.as_dict()``): ``energy`` (B,), ``energies`` (N,)
         eV, float64."""
