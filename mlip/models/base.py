@@ -19,6 +19,7 @@ casts parameters to the model dtype and adds the float64 statistics buffers.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from mlip import keys
 
-__all__ = ["DTYPES", "AtomicEnergyModel", "resolve_dtype", "select_hyper"]
+__all__ = ["DTYPES", "AtomicEnergyModel", "build_from_preset", "resolve_dtype", "select_hyper"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -75,6 +76,39 @@ def select_hyper(
     if not (math.isfinite(float(cutoff)) and float(cutoff) > 0):
         raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff}")
     return values
+
+
+def build_from_preset(
+    model_class: type,
+    config_class: type,
+    presets: dict[str, dict[str, Any]],
+    name: str,
+    species: list[int],
+    cutoff: float,
+    preset: str | None,
+    dtype: torch.dtype | str,
+    hyper: dict[str, Any],
+) -> Any:
+    """``model_class(config_class(species, cutoff, **preset values | hyper), dtype, preset)``.
+
+    The one body of every ``build_<model>`` function: unknown hyperparameters and bad cutoffs
+    raise (:func:`select_hyper`), ``dtype`` may be a name (:func:`resolve_dtype`).
+
+    Args:
+        model_class: the :class:`AtomicEnergyModel` subclass.
+        config_class: its config dataclass (fields ``species``, ``cutoff`` and the rest).
+        presets: ``preset name -> values``.
+        name: model name for messages.
+        species: atomic numbers.
+        cutoff: Å.
+        preset: a key of ``presets`` or None (dataclass defaults).
+        dtype: torch dtype or ``"float32"``/``"float64"``.
+        hyper: overrides of the preset.
+    """
+    known = {f.name for f in fields(config_class)} - {"species", "cutoff"}
+    values = select_hyper(name, known, presets, preset, cutoff, hyper)
+    config = config_class(species=[int(z) for z in species], cutoff=float(cutoff), **values)
+    return model_class(config, dtype=resolve_dtype(dtype), preset=preset)
 
 
 class AtomicEnergyModel(nn.Module):

@@ -22,14 +22,14 @@ which limits accuracy (the coordinate updates let later layers see a little geom
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mlip import keys
-from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
+from mlip.models.base import AtomicEnergyModel, build_from_preset
 from mlip.nn.mlp import mlp
 from mlip.nn.radial import gaussian_basis, polynomial_envelope
 
@@ -197,7 +197,6 @@ def build_egnn(
 ) -> EGNN:
     """Build an :class:`EGNN` from a preset (``"small"`` | ``"medium"`` | None) plus overrides
     (any :class:`EGNNConfig` field)."""
-    known = {f.name for f in fields(EGNNConfig)} - {"species", "cutoff"}
-    values = select_hyper("EGNN", known, PRESETS, preset, cutoff, hyper)
-    cfg = EGNNConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return EGNN(cfg, dtype=resolve_dtype(dtype), preset=preset)
+    return build_from_preset(
+        EGNN, EGNNConfig, PRESETS, "EGNN", species, cutoff, preset, dtype, hyper
+    )

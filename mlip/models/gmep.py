@@ -39,14 +39,14 @@ and ``BENCHMARKS.md``.)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mlip import keys
-from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
+from mlip.models.base import AtomicEnergyModel, build_from_preset
 from mlip.nn.graph_state import GraphStateEmbedding
 from mlip.nn.harmonics import SphericalHarmonics, num_sh
 from mlip.nn.linear import DegreeLinear, degree_index
@@ -566,7 +566,6 @@ def build_gmep(
         dtype: torch dtype or ``"float32"``/``"float64"``.
         **hyper: any :class:`GMEPConfig` field, overriding the preset.
     """
-    known = {f.name for f in fields(GMEPConfig)} - {"species", "cutoff"}
-    values = select_hyper("GMEP", known, PRESETS, preset, cutoff, hyper)
-    cfg = GMEPConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return GMEP(cfg, dtype=resolve_dtype(dtype), preset=preset)
+    return build_from_preset(
+        GMEP, GMEPConfig, PRESETS, "GMEP", species, cutoff, preset, dtype, hyper
+    )

@@ -22,14 +22,14 @@ Bias-free node networks and no skip in the first layer keep an isolated atom at 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mlip import keys
-from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
+from mlip.models.base import AtomicEnergyModel, build_from_preset
 from mlip.nn.harmonics import SphericalHarmonics
 from mlip.nn.linear import degree_index
 from mlip.nn.mlp import mlp
@@ -224,7 +224,6 @@ def build_hegnn(
 ) -> HEGNN:
     """Build an :class:`HEGNN` from a preset (``"small"`` | ``"medium"`` | None) plus overrides
     (any :class:`HEGNNConfig` field)."""
-    known = {f.name for f in fields(HEGNNConfig)} - {"species", "cutoff"}
-    values = select_hyper("HEGNN", known, PRESETS, preset, cutoff, hyper)
-    cfg = HEGNNConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return HEGNN(cfg, dtype=resolve_dtype(dtype), preset=preset)
+    return build_from_preset(
+        HEGNN, HEGNNConfig, PRESETS, "HEGNN", species, cutoff, preset, dtype, hyper
+    )

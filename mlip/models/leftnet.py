@@ -30,14 +30,14 @@ atoms on a line through the centroid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mlip import keys
-from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
+from mlip.models.base import AtomicEnergyModel, build_from_preset
 from mlip.nn.mlp import mlp
 from mlip.nn.radial import gaussian_basis, polynomial_envelope
 
@@ -267,7 +267,6 @@ def build_leftnet(
 ) -> LEFTNet:
     """Build a :class:`LEFTNet` from a preset (``"small"`` | ``"medium"`` | None) plus
     overrides (any :class:`LEFTNetConfig` field). The model refuses periodic structures."""
-    known = {f.name for f in fields(LEFTNetConfig)} - {"species", "cutoff"}
-    values = select_hyper("LEFTNet", known, PRESETS, preset, cutoff, hyper)
-    cfg = LEFTNetConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return LEFTNet(cfg, dtype=resolve_dtype(dtype), preset=preset)
+    return build_from_preset(
+        LEFTNet, LEFTNetConfig, PRESETS, "LEFTNet", species, cutoff, preset, dtype, hyper
+    )

@@ -28,14 +28,14 @@ Equivariance is therefore approximate: the conformance suite measures and report
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mlip import keys
-from mlip.models.base import AtomicEnergyModel, resolve_dtype, select_hyper
+from mlip.models.base import AtomicEnergyModel, build_from_preset
 from mlip.nn.mlp import mlp
 from mlip.nn.neighbor_table import padded_slots
 from mlip.nn.radial import gaussian_basis, polynomial_envelope
@@ -316,7 +316,6 @@ def build_transip(
 ) -> TransIP:
     """Build a :class:`TransIP` from a preset (``"small"`` | ``"medium"`` | None) plus overrides
     (any :class:`TransIPConfig` field, e.g. ``arm="augmentation"``)."""
-    known = {f.name for f in fields(TransIPConfig)} - {"species", "cutoff"}
-    values = select_hyper("TransIP", known, PRESETS, preset, cutoff, hyper)
-    cfg = TransIPConfig(species=[int(z) for z in species], cutoff=float(cutoff), **values)
-    return TransIP(cfg, dtype=resolve_dtype(dtype), preset=preset)
+    return build_from_preset(
+        TransIP, TransIPConfig, PRESETS, "TransIP", species, cutoff, preset, dtype, hyper
+    )
