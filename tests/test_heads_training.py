@@ -193,3 +193,21 @@ def test_two_heads_train_end_to_end(tmp_path: Path) -> None:
         atoms.calc = MLIPCalculator(result["model"], head=head)
         energies.append(atoms.get_potential_energy())
     assert abs(energies[0] - energies[1]) > 1.0
+
+
+def test_store_frames_are_checked_and_take_the_head(tmp_path: Path) -> None:
+    from training.data.store import convert
+
+    frames = read(CHARGED, index=":8")
+    del frames[5].info["spin"]
+    write(tmp_path / "mol.extxyz", frames)
+    store = tmp_path / "mol.h5"
+    convert(tmp_path / "mol.extxyz", store)
+    data = {"train": str(store), "valid": 0.25}
+    with pytest.raises(InvalidFrameError, match=r"mol.h5: frame 5 .*field 'spin': missing spin"):
+        prepare_data(_config(tmp_path, data, charge_spin=True), DistInfo())
+    data.update(default_spin=2, head="b")  # frame 5 (NH3+) is a doublet
+    loaded = prepare_data(_config(tmp_path, data, charge_spin=True, heads=["a", "b"]), DistInfo())
+    graphs = [loaded.train[i] for i in range(len(loaded.train))]
+    assert all(int(g.head) == 1 for g in graphs)
+    assert set(loaded.head_statistics) == {"b"}
