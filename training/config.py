@@ -53,7 +53,8 @@ class DataConfig:
     """Where the data comes from and how to read it.
 
     Attributes:
-        train: training file (any ASE-readable file, e.g. extxyz). Required.
+        train: training file (any ASE-readable file, e.g. extxyz). Required (in each entry of
+            ``sources`` when they are given).
         valid: a validation file, or a fraction in (0, 1) of ``train`` held out with
             ``train.seed``.
         test: optional test file, evaluated with the final model.

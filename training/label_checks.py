@@ -120,8 +120,12 @@ def _frame_error(
     if isinstance(dataset.source, Store):
         path = str(dataset.source.path)
         return InvalidFrameError(path, index, frame.frame_id, field, reason, detail)
-    in_file = int(frame.frame_id) if frame.frame_id.isdigit() else None
-    frame_id = "" if in_file is not None else frame.frame_id
+    # an ASE file's frames are identified by their index in it (unless data.frame_id_key)
+    from training.data.readers import detect_format
+
+    by_index = frame.frame_id.isdigit() and detect_format(frame.source) == "ase"
+    in_file = int(frame.frame_id) if by_index else None
+    frame_id = "" if by_index else frame.frame_id
     return InvalidFrameError(frame.source, in_file, frame_id, field, reason, detail)
 
 
