@@ -53,7 +53,8 @@ class DataConfig:
     """Where the data comes from and how to read it.
 
     Attributes:
-        train: training file (any ASE-readable file, e.g. extxyz). Required.
+        train: training file (any ASE-readable file, e.g. extxyz). Required (in each entry of
+            ``sources`` when they are given).
         valid: a validation file, or a fraction in (0, 1) of ``train`` held out with
             ``train.seed``.
         test: optional test file, evaluated with the final model.
@@ -83,6 +84,20 @@ class DataConfig:
         num_workers: DataLoader worker processes that read frames and build neighbour lists
             (0: the training process does it). None: ``min(2, cpus - 1)``, 0 on one core.
             Changes no number of the run, only its speed.
+        charge_key: ``atoms.info`` (or db ``data``) key of the total charge (e).
+        spin_key: ``atoms.info`` (or db ``data``) key of the spin multiplicity (2S+1).
+        default_charge: total charge of frames without one; None: with
+            ``model.hyper.charge_spin`` a frame without a charge is an error.
+        default_spin: spin multiplicity of frames without one; None: with
+            ``model.hyper.charge_spin`` a frame without a multiplicity is an error.
+        head: level-of-theory head (one of ``model.hyper.heads``) of every frame of this
+            data (train, valid, test); None: the model's first head.
+        sources: several datasets in one run, e.g. one per head:
+            ``[{train: a.extxyz, head: mptrj}, {train: b.extxyz, head: omol}]``. Each entry
+            takes any ``data`` key but ``sources`` and ``num_workers``; keys it does not give
+            come from this section. The training sets are concatenated; a fractional
+            ``valid`` is held out of each source; reference energies, shift and scale are
+            fitted per head on that head's training frames.
     """
 
     train: str | None = None
@@ -101,6 +116,39 @@ class DataConfig:
     isolated_atoms: str | None = None
     max_structures: int | None = None
     num_workers: int | None = None
+    charge_key: str = "charge"
+    spin_key: str = "spin"
+    default_charge: int | None = None
+    default_spin: int | None = None
+    head: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+SOURCE_SHARED_KEYS = ("sources", "num_workers")
+"""``data`` keys a ``data.sources`` entry cannot set (they belong to the whole run)."""
+
+
+def data_sources(data: DataConfig) -> list[DataConfig]:
+    """The datasets of a run: each ``data.sources`` entry over the rest of ``data``, or
+    ``[data]`` without sources. Raises :class:`ConfigError` naming the entry's bad key."""
+    if not data.sources:
+        return [data]
+    base = {k: v for k, v in config_to_dict(data).items() if k not in SOURCE_SHARED_KEYS}
+    out = []
+    for i, entry in enumerate(data.sources):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"data.sources[{i}]: expected a mapping, got {entry!r}")
+        for key in entry:
+            if key in SOURCE_SHARED_KEYS:
+                raise ConfigError(f"data.sources[{i}].{key}: set it in data, not per source")
+        out.append(_build(DataConfig, {**base, **entry}, f"data.sources[{i}]"))
+    return out
+
+
+def model_heads(config: Config) -> list[str] | None:
+    """``model.hyper.heads`` (the model's level-of-theory heads), or None."""
+    heads = config.model.hyper.get("heads")
+    return None if heads is None else [str(h) for h in heads]
 
 
 @dataclass
@@ -442,8 +490,36 @@ def validate(config: Config) -> None:
             "data.reference_energies: expected 'least_squares', 'isolated', 'none' or a "
             f"mapping, got {data.reference_energies!r}"
         )
-    if data.reference_energies == "isolated" and not data.isolated_atoms:
-        raise ConfigError("data.isolated_atoms: required when data.reference_energies=isolated")
+    if data.sources and (data.train or data.head):
+        raise ConfigError(
+            "data.train/data.head: give each source's train file and head in data.sources"
+        )
+    heads = model_heads(config)
+    fits: dict[str | None, tuple[Any, Any]] = {}
+    for i, source in enumerate(data_sources(data)):
+        where = f"data.sources[{i}]" if data.sources else "data"
+        if source.reference_energies == "isolated" and not source.isolated_atoms:
+            raise ConfigError(
+                f"{where}.isolated_atoms: required when data.reference_energies=isolated"
+            )
+        if source.head is not None and heads is None:
+            raise ConfigError(
+                f"{where}.head: {source.head!r} given, but the model has no heads; "
+                "list them in model.hyper.heads"
+            )
+        if source.head is not None and source.head not in heads:
+            raise ConfigError(
+                f"{where}.head: unknown head {source.head!r}; the model's heads are "
+                f"{', '.join(heads)} (model.hyper.heads)"
+            )
+        if data.sources and not source.train:
+            raise ConfigError(f"{where}.train: a training file is required")
+        fit = (source.reference_energies, source.isolated_atoms)
+        if fits.setdefault(source.head, fit) != fit:
+            raise ConfigError(
+                f"{where}.reference_energies/isolated_atoms: the sources of head "
+                f"{source.head!r} must agree (the head's reference energies are fitted once)"
+            )
     if config.model.cutoff <= 0:
         raise ConfigError(f"model.cutoff: must be > 0 Å, got {config.model.cutoff}")
     positive = {

@@ -6,7 +6,9 @@ should carry a stress. When *no* structure has the label, training would silentl
 weight: :class:`~training.errors.DataError`. When only some lack it, those structures train
 without that term: a warning with the count. Least-squares reference energies fitted to fewer
 independent compositions than elements get a warning (:func:`warn_reference_fit`, from the
-training statistics, so raw files and stores alike).
+training statistics, so raw files and stores alike). A model with ``model.hyper.charge_spin``
+needs a possible total charge and spin multiplicity on every frame it sees
+(:func:`check_charge_spin`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
+
 from mlip import AtomicGraph
-from training.config import Config
+from mlip.electronic import check_multiplicity
+from training.config import Config, DataConfig
+from training.data.datasets import GraphDataset
+from training.data.frames import InvalidFrameError
 from training.data.statistics import Statistics
+from training.data.store import Store
 from training.errors import DataError
 
-__all__ = ["check_training_set", "check_weighted_labels", "warn_reference_fit"]
+__all__ = [
+    "check_charge_spin",
+    "check_training_set",
+    "check_weighted_labels",
+    "warn_reference_fit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +90,77 @@ def warn_reference_fit(statistics: Statistics, config: Config, source: str) -> N
     )
     if warning:
         log.warning("%s: %s", source, warning)
+
+
+def _state_columns(dataset: GraphDataset) -> tuple[np.ndarray, ...]:
+    """(charge, spin, sum of Z) of the dataset's frames, NaN where a value is missing."""
+    source, indices = dataset.source, dataset.indices
+    if isinstance(source, Store):
+        file, n_frames = source.file, len(source)
+        columns = [
+            file[name][:].astype(np.float64) if name in file else np.full(n_frames, np.nan)
+            for name in ("charge", "spin")
+        ]
+        numbers = file["atomic_numbers"][:].astype(np.int64)
+        z_sum = np.add.reduceat(numbers, source.offsets) if n_frames else np.zeros(0, np.int64)
+        return columns[0][indices], columns[1][indices], z_sum[indices]
+    frames = [source[int(i)] for i in indices]
+    charge = np.array([np.nan if f.charge is None else f.charge for f in frames], np.float64)
+    spin = np.array([np.nan if f.spin is None else f.spin for f in frames], np.float64)
+    return charge, spin, np.array([int(f.atomic_numbers.sum()) for f in frames], np.int64)
+
+
+def _frame_error(
+    dataset: GraphDataset, position: int, field: str, reason: str, detail: str
+) -> InvalidFrameError:
+    """The :class:`InvalidFrameError` of the dataset's frame ``position``: a store names
+    itself and its frame index, a file its frame id (its index in the file)."""
+    index = int(dataset.indices[position])
+    frame = dataset.source[index]
+    if isinstance(dataset.source, Store):
+        path = str(dataset.source.path)
+        return InvalidFrameError(path, index, frame.frame_id, field, reason, detail)
+    # an ASE file's frames are identified by their index in it (unless data.frame_id_key)
+    from training.data.readers import detect_format
+
+    by_index = frame.frame_id.isdigit() and detect_format(frame.source) == "ase"
+    in_file = int(frame.frame_id) if by_index else None
+    frame_id = "" if by_index else frame.frame_id
+    return InvalidFrameError(frame.source, in_file, frame_id, field, reason, detail)
+
+
+def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> None:
+    """Refuse a frame of ``dataset`` without a total charge or multiplicity (unless
+    ``data.default_charge``/``default_spin`` fill it in) or with an impossible multiplicity.
+
+    Raises:
+        InvalidFrameError: naming the file, the frame and the field (for an impossible
+            multiplicity also the charge and the multiplicity).
+    """
+    charge, spin, z_sum = _state_columns(dataset)
+    for values, key, name, default, option in (
+        (charge, data.charge_key, "charge", data.default_charge, "default_charge"),
+        (spin, data.spin_key, "spin", data.default_spin, "default_spin"),
+    ):
+        missing = np.isnan(values)
+        if default is not None:
+            values[missing] = default
+        elif missing.any():
+            detail = (
+                f"the model has model.hyper.charge_spin; the file has no {key!r} "
+                f"(set data.{name}_key to its key, or data.{option})"
+            )
+            raise _frame_error(dataset, int(np.argmax(missing)), name, f"missing {name}", detail)
+    electrons = z_sum - charge
+    unpaired = spin - 1
+    bad = (charge != np.round(charge)) | (spin != np.round(spin)) | (spin < 1) | (electrons < 0)
+    bad |= (np.mod(electrons - unpaired, 2) != 0) | (unpaired > electrons)
+    if bad.any():
+        position = int(np.argmax(bad))
+        try:
+            numbers = dataset.source[int(dataset.indices[position])].atomic_numbers
+            check_multiplicity(numbers, charge[position], spin[position])
+            detail = f"charge {charge[position]:g}, multiplicity {spin[position]:g}"
+        except ValueError as error:
+            detail = str(error)
+        raise _frame_error(dataset, position, "spin", "impossible multiplicity", detail)

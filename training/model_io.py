@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import load_checkpoint
-from training.config import Config
+from training.config import Config, data_sources, model_heads
 
 if TYPE_CHECKING:
     from training.data.prepare import TrainingData
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "build_energy_model",
     "export_model",
+    "fit_statistics",
     "initial_model",
     "load_pretrained",
     "model_config",
@@ -55,13 +56,45 @@ def build_energy_model(config: Config, species: Sequence[int]) -> nn.Module:
     )
 
 
+def fit_statistics(
+    model: nn.Module, config: Config, data: TrainingData, references_only: bool = False
+) -> dict[str, Any]:
+    """Fit the model's statistics on the training data and set them; return what was set.
+
+    A model with heads gets the statistics of all training frames on every head, then each
+    head with training frames its own reference energies, shift and scale (``data.sources``
+    of that head say how references are fitted); the result then has ``heads``:
+    ``{name: statistics}``. ``references_only`` sets only the reference energies (fine-tuning).
+    """
+    species = [int(z) for z in model.species]
+    sources = data_sources(config.data)
+
+    def fitted(statistics: Any, head: str | None) -> dict[str, Any]:
+        heads = model_heads(config) or [None]
+        source = next((s for s in sources if (s.head or heads[0]) == head), sources[0])
+        values = statistics.for_model(source.reference_energies, species, source.isolated_atoms)
+        return {"reference_energies": values["reference_energies"]} if references_only else values
+
+    values = fitted(data.statistics, None)
+    model.set_statistics(**values)
+    if not data.head_statistics:
+        return values
+    values = dict(values, heads={})
+    for name, statistics in data.head_statistics.items():
+        head_values = fitted(statistics, name)
+        head_values.pop("avg_num_neighbors", None)  # one neighbour count for every head
+        model.set_statistics(**head_values, head=name)
+        values["heads"][name] = head_values
+    return values
+
+
 def initial_model(
     config: Config, data: TrainingData, checkpoint: dict[str, Any] | None = None
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The model a run starts from, the statistics given to it and its ``model_config``: the
     checkpoint's when resuming, else ``finetune.from`` (optionally with refitted reference
-    energies), else a fresh model with the training statistics."""
-    references, isolated = config.data.reference_energies, config.data.isolated_atoms
+    energies), else a fresh model with the training statistics (per head for a model with
+    heads, :func:`fit_statistics`)."""
     if checkpoint is not None:
         model = rebuild_model(checkpoint["model_config"], checkpoint["model"])
         return model, checkpoint["statistics"], checkpoint["model_config"]
@@ -73,12 +106,10 @@ def initial_model(
             raise ValueError(f"finetune.from: the model does not know atomic number(s) {unknown}")
         statistics: dict[str, Any] = {}
         if config.finetune.refit_references:
-            statistics = data.statistics.for_model(references, species, isolated)
-            model.set_statistics(reference_energies=statistics["reference_energies"])
+            statistics = fit_statistics(model, config, data, references_only=True)
         return model, statistics, model_config(model, config)
     model = build_energy_model(config, data.species)
-    statistics = data.statistics.for_model(references, data.species, isolated)
-    model.set_statistics(**statistics)
+    statistics = fit_statistics(model, config, data)
     return model, statistics, model_config(model, config)
 
 
@@ -141,10 +172,15 @@ def export_model(
     import mlip.export
 
     data = training_config.get("data", {})
+    dataset = {part: data.get(part) for part in ("train", "valid", "test")}
+    if data.get("sources"):  # several sources: each part lists them (source order)
+        dataset = {
+            part: [{**data, **source}.get(part) for source in data["sources"]] for part in dataset
+        }
     mlip.export.save(
         model.to("cpu"),
         path,
-        dataset={"train": data.get("train"), "valid": data.get("valid"), "test": data.get("test")},
+        dataset=dataset,
         metrics=metrics,
         model_config=model_config,
         training_config=training_config,

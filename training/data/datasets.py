@@ -21,8 +21,9 @@ Typical use::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from training.data.store import Store
 __all__ = [
     "BatchBudget",
     "BudgetBatchSampler",
+    "ConcatGraphDataset",
     "GraphDataset",
     "collate_graphs",
     "default_num_workers",
@@ -76,6 +78,8 @@ class GraphDataset(Dataset):
         cutoff: neighbour-list radius, Å.
         indices: the frames of ``source`` to use (e.g. one part of a split); None for all.
         name: a label for logs and metadata.
+        values: data fields every frame takes (e.g. ``{"head": 1}``), replacing its own.
+        defaults: data fields a frame takes when it has none (e.g. ``{"charge": 0}``).
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class GraphDataset(Dataset):
         cutoff: float,
         indices: np.ndarray | Sequence[int] | None = None,
         name: str = "",
+        values: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(source, (str, os.PathLike)):
             source = Store(source)
@@ -99,13 +105,25 @@ class GraphDataset(Dataset):
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n_source):
             raise IndexError(f"indices out of range for a source of {n_source} frames")
         self._n_edges: np.ndarray | None = None
+        self.values = dict(values or {})
+        self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
     def frame(self, index: int) -> Frame:
-        """The raw :class:`~training.data.frames.Frame` ``index`` (no neighbour list)."""
-        return self.source[int(self.indices[index])]
+        """The :class:`~training.data.frames.Frame` ``index`` (no neighbour list), with
+        ``values`` and ``defaults`` applied."""
+        frame = self.source[int(self.indices[index])]
+        if not (self.values or self.defaults):
+            return frame
+        filled = {k: v for k, v in self.defaults.items() if frame.value(k) is None}
+        return frame.with_values(**filled, **self.values)
+
+    def close(self) -> None:
+        """Close a store's file handle (DataLoader workers open their own)."""
+        if isinstance(self.source, Store):
+            self.source.close()
 
     def __getitem__(self, index: int) -> AtomicGraph:
         return self.frame(index).to_graph(self.cutoff)
@@ -126,6 +144,55 @@ class GraphDataset(Dataset):
             )
             self._n_edges = every[self.indices]
         return self._n_edges
+
+
+class ConcatGraphDataset(Dataset):
+    """Several :class:`GraphDataset` (e.g. one per ``data.sources`` entry) as one, in order.
+
+    Args:
+        parts: the datasets; all at the same cutoff.
+        name: a label for logs and metadata.
+    """
+
+    def __init__(self, parts: Sequence[GraphDataset], name: str = "") -> None:
+        if not parts:
+            raise ValueError("ConcatGraphDataset needs at least one dataset")
+        self.parts = list(parts)
+        self.cutoff = self.parts[0].cutoff
+        self.name = name or " + ".join(part.name for part in self.parts)
+        self.starts = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, index: int) -> tuple[GraphDataset, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} structures")
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part], index - int(self.starts[part])
+
+    def frame(self, index: int) -> Frame:
+        """The :class:`~training.data.frames.Frame` ``index`` of the concatenation."""
+        part, local = self._locate(int(index))
+        return part.frame(local)
+
+    def __getitem__(self, index: int) -> AtomicGraph:
+        part, local = self._locate(int(index))
+        return part[local]
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """(len(self),) int64 atoms per structure."""
+        return np.concatenate([part.n_atoms for part in self.parts])
+
+    def n_edges(self, num_workers: int = 0, write_cache: bool = True) -> np.ndarray:
+        """(len(self),) int64 edges per structure (see :meth:`GraphDataset.n_edges`)."""
+        return np.concatenate([part.n_edges(num_workers, write_cache) for part in self.parts])
+
+    def close(self) -> None:
+        """Close every part's store handle."""
+        for part in self.parts:
+            part.close()
 
 
 @dataclass(frozen=True)
@@ -248,7 +315,7 @@ class BudgetBatchSampler(Sampler):
 
 
 def make_loader(
-    dataset: GraphDataset,
+    dataset: GraphDataset | ConcatGraphDataset,
     budget: BatchBudget,
     *,
     shuffle: bool = True,
@@ -278,8 +345,7 @@ def make_loader(
         rank=rank,
         world_size=world_size,
     )
-    if isinstance(dataset.source, Store):
-        dataset.source.close()  # workers open their own handles
+    dataset.close()  # workers open their own handles
     return DataLoader(
         dataset,
         batch_sampler=sampler,

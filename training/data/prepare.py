@@ -6,6 +6,9 @@ frames in memory; an HDF5 store (``mlip-data convert``) is read lazily. Both are
 with :func:`training.data.statistics.compute_statistics`, so the same frames give the same
 split, statistics and batches either way.
 
+Several ``data.sources`` (e.g. one per level-of-theory head) each go that way with their own
+keys, split and head; their datasets are concatenated and their statistics kept per head.
+
 Under torchrun only rank 0 writes the store's caches (split, edge counts, statistics); the
 other ranks wait for it and then only read.
 """
@@ -19,36 +22,55 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mlip import keys
 from training import distributed
-from training.config import Config
-from training.data.datasets import BatchBudget, GraphDataset, default_num_workers, make_loader
+from training.config import Config, DataConfig, data_sources, model_heads
+from training.data.datasets import (
+    BatchBudget,
+    ConcatGraphDataset,
+    GraphDataset,
+    default_num_workers,
+    make_loader,
+)
 from training.data.statistics import Statistics, compute_statistics
 from training.data.store import Store, is_store
 from training.errors import DataError
-from training.label_checks import check_training_set, warn_reference_fit
+from training.label_checks import check_charge_spin, check_training_set, warn_reference_fit
 
 __all__ = ["TrainingData", "make_loaders", "num_workers", "open_source", "prepare_data"]
 
 log = logging.getLogger("mlip.train")
 
 
+Dataset = GraphDataset | ConcatGraphDataset
+
+
 @dataclass
 class TrainingData:
-    """The datasets of a run and the statistics of the training set (at the model cutoff)."""
+    """The datasets of a run and the statistics of the training set (at the model cutoff).
 
-    train: GraphDataset
-    valid: GraphDataset | None
-    test: GraphDataset | None
+    Attributes:
+        head_statistics: for a model with heads, the statistics of each head's training frames
+            (frames without a head belong to the first head); heads without frames are absent.
+    """
+
+    train: Dataset
+    valid: Dataset | None
+    test: Dataset | None
     statistics: Statistics
     species: list[int]
+    head_statistics: dict[str, Statistics]
 
 
-def open_source(path: str, config: Config) -> tuple[Store | list, np.ndarray]:
-    """A store or the frames of a raw file, and the indices of its first ``max_structures``."""
+def open_source(
+    path: str, config: Config, data: DataConfig | None = None
+) -> tuple[Store | list, np.ndarray]:
+    """A store or the frames of a raw file, and the indices of its first ``max_structures``;
+    read as ``data`` (one of ``data.sources``) says, by default ``config.data``."""
     from training.data.frames import SkipReport
     from training.data.readers import ReaderOptions, read_frames
 
-    data = config.data
+    data = config.data if data is None else data
     report = SkipReport()
     if is_store(path):
         source: Store | list = Store(path)
@@ -61,6 +83,8 @@ def open_source(path: str, config: Config) -> tuple[Store | list, np.ndarray]:
             stress_units=data.stress_units,
             stress_convention=data.stress_convention,
             max_stress=data.max_stress,
+            charge_key=data.charge_key,
+            spin_key=data.spin_key,
         )
         source = read_frames(
             path,
@@ -97,45 +121,96 @@ def prepare_data(config: Config, info: distributed.DistInfo) -> TrainingData:
         if info.is_main:
             distributed.barrier()
     for part in (data.train, data.valid, data.test):
-        if part is not None and isinstance(part.source, Store):
-            part.source.close()  # no handle crosses into the DataLoader workers
+        if part is not None:
+            part.close()  # no store handle crosses into the DataLoader workers
     return data
 
 
-def _prepare(config: Config, write: bool) -> TrainingData:
+@dataclass
+class _SourceData:
+    """The datasets and training statistics of one ``data.sources`` entry."""
+
+    train: GraphDataset
+    valid: GraphDataset | None
+    test: GraphDataset | None
+    statistics: Statistics
+    head: str | None
+
+
+def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceData:
     from training.data.splits import training_split
 
-    data, cutoff = config.data, config.model.cutoff
-    workers = num_workers(config)
+    cutoff, workers = config.model.cutoff, num_workers(config)
     if not data.train:
         raise ValueError("data.train: a training file is required")
-    source, indices = open_source(data.train, config)
-    valid = None
+    heads = model_heads(config)
+    options: dict = {}
+    if data.head is not None:  # validated against model.hyper.heads
+        options["values"] = {keys.HEAD: heads.index(data.head)}
+    charge_spin = bool(config.model.hyper.get("charge_spin", False))
+    if charge_spin:
+        options["defaults"] = {keys.CHARGE: data.default_charge, keys.SPIN: data.default_spin}
+    source, indices = open_source(data.train, config, data)
     if isinstance(data.valid, str):
-        valid_source, valid_indices = open_source(data.valid, config)
-        valid = GraphDataset(valid_source, cutoff, valid_indices, f"{data.valid}")
+        valid_source, valid_indices = open_source(data.valid, config, data)
+        valid = GraphDataset(valid_source, cutoff, valid_indices, f"{data.valid}", **options)
     else:
         split = training_split(source, len(indices), data.valid, config.train.seed, write=write)
-        valid = GraphDataset(source, cutoff, split["valid"], f"{data.train} (valid split)")
+        name = f"{data.train} (valid split)"
+        valid = GraphDataset(source, cutoff, split["valid"], name, **options)
         indices = split["train"]
-    train = GraphDataset(source, cutoff, indices, data.train)
+    train = GraphDataset(source, cutoff, indices, data.train, **options)
     if isinstance(source, list):  # frames in memory: labels and compositions at hand
         check_training_set([source[i] for i in indices], config, str(data.train))
     test = None
     if data.test:
-        test_source, test_indices = open_source(data.test, config)
-        test = GraphDataset(test_source, cutoff, test_indices, data.test)
+        test_source, test_indices = open_source(data.test, config, data)
+        test = GraphDataset(test_source, cutoff, test_indices, data.test, **options)
+    if charge_spin:
+        for part in (train, valid, test):
+            if part is not None:
+                check_charge_spin(part, data)
     statistics = compute_statistics(
         source, cutoff=cutoff, indices=indices, num_workers=workers, write_cache=write
     )
     warn_reference_fit(statistics, config, str(data.train))
+    return _SourceData(train, valid, test, statistics, data.head)
+
+
+def _joined(parts: list[GraphDataset | None]) -> Dataset | None:
+    present = [part for part in parts if part is not None]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else ConcatGraphDataset(present)
+
+
+def _prepare(config: Config, write: bool) -> TrainingData:
+    workers = num_workers(config)
+    sources = [_prepare_source(data, config, write) for data in data_sources(config.data)]
+    train = _joined([s.train for s in sources])
+    valid = _joined([s.valid for s in sources])
+    test = _joined([s.test for s in sources])
+    statistics = Statistics.combined([s.statistics for s in sources])
+    heads = model_heads(config)
+    head_statistics: dict[str, Statistics] = {}
+    if heads is not None:
+        for name in heads:
+            parts = [s.statistics for s in sources if (s.head or heads[0]) == name]
+            if parts:
+                head_statistics[name] = Statistics.combined(parts)
+        missing = [name for name in heads if name not in head_statistics]
+        if missing:
+            log.warning(
+                "head(s) %s have no training frames; they get the statistics of all frames",
+                ", ".join(missing),
+            )
     if config.train.batch.max_edges is not None:  # edge budgets count every frame once
         for part in (train, valid):
             if part is not None:
                 part.n_edges(workers, write_cache=write)
     # an element only in valid/test gets a least-squares reference energy of 0
     species = set(statistics.species)
-    for part in (valid, test):
+    for part in [s.valid for s in sources] + [s.test for s in sources]:
         if part is None:
             continue
         found = compute_statistics(part.source, indices=part.indices, write_cache=write)
@@ -143,7 +218,7 @@ def _prepare(config: Config, write: bool) -> TrainingData:
         if extra:
             log.warning("atomic number(s) %s are not in the training set", sorted(extra))
         species |= extra
-    return TrainingData(train, valid, test, statistics, sorted(species))
+    return TrainingData(train, valid, test, statistics, sorted(species), head_statistics)
 
 
 def make_loaders(

@@ -108,6 +108,11 @@ class Sums:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
 
+    def merged(self, other: Sums) -> Sums:
+        """The sums over the frames of both (every field is additive)."""
+        names = [f.name for f in fields(self)]
+        return Sums(**{name: getattr(self, name) + getattr(other, name) for name in names})
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, Any]) -> Sums:
         values = {}
@@ -130,6 +135,20 @@ class Statistics:
     sums: Sums
     cutoff: float | None = None
     mean_neighbors: float | None = None
+
+    @classmethod
+    def combined(cls, parts: Sequence[Statistics]) -> Statistics:
+        """The statistics of the union of disjoint frame selections (e.g. one per data source):
+        merged sums, and the mean neighbour count weighted by atoms (all at one cutoff)."""
+        sums = Sums()
+        for part in parts:
+            sums = sums.merged(part.sums)
+        statistics = cls(sums, parts[0].cutoff if parts else None)
+        if parts and all(part.mean_neighbors is not None for part in parts):
+            atoms = np.array([part.sums.n_atoms for part in parts], dtype=np.float64)
+            means = np.array([part.mean_neighbors for part in parts])
+            statistics.mean_neighbors = float((atoms * means).sum() / max(atoms.sum(), 1.0))
+        return statistics
 
     @property
     def species(self) -> list[int]:
