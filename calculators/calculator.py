@@ -199,7 +199,8 @@ class MLIPCalculator(Calculator):
         """Charge, spin and head fields (B = 1) for the inputs this model requires."""
         fields: dict[str, torch.Tensor] = {}
         if keys.CHARGE in self.inputs or keys.SPIN in self.inputs:
-            charge, spin = charge_and_spin(atoms.numbers, atoms.info)
+            periodic = bool(atoms.pbc.all())
+            charge, spin = charge_and_spin(atoms.numbers, atoms.info, periodic=periodic)
             fields[keys.CHARGE] = torch.tensor([float(charge)], dtype=torch.float64)
             fields[keys.SPIN] = torch.tensor([float(spin)], dtype=torch.float64)
         if self.head is not None:

@@ -357,7 +357,8 @@ def apply_state_flags(
             continue
         label = f"{item.path} (frame {item.frame})"
         try:
-            state = flags.resolve(item.atoms.numbers, item.atoms.info, label)
+            periodic = bool(item.atoms.pbc.all())
+            state = flags.resolve(item.atoms.numbers, item.atoms.info, label, periodic)
         except ValueError as exc:
             raise CLIError(f"{label}: {exc}") from None
         if state is not None:

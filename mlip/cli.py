@@ -355,7 +355,11 @@ class StateFlags:
         record[0] += 1
 
     def resolve(
-        self, atomic_numbers: Sequence[int], info: Mapping[str, Any], where: str
+        self,
+        atomic_numbers: Sequence[int],
+        info: Mapping[str, Any],
+        where: str,
+        periodic: bool = False,
     ) -> tuple[int, int] | None:
         """The ``(charge, multiplicity)`` the model gets for one structure.
 
@@ -364,6 +368,8 @@ class StateFlags:
             info: The structure's own values under ``"charge"`` and ``"spin"`` (missing or
                 None when the file has none).
             where: The structure in warnings, e.g. ``"in.xyz (frame 3)"``.
+            periodic: a 3-D periodic cell (no electron-count parity rule, see
+                :func:`mlip.electronic.check_multiplicity`).
 
         Returns:
             ``(charge, multiplicity)`` as ints, or None when the model takes neither.
@@ -389,7 +395,9 @@ class StateFlags:
             else:
                 state[key] = own
                 self._count("kept", key, where, own)
-        return charge_and_spin(atomic_numbers, state, default_charge=None, default_spin=None)
+        return charge_and_spin(
+            atomic_numbers, state, default_charge=None, default_spin=None, periodic=periodic
+        )
 
     def pop_warnings(self) -> list[str]:
         """One line per kind of event since the last call (defaults taken, values replaced)."""

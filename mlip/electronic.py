@@ -29,19 +29,26 @@ def _as_integer(value: Any, what: str) -> int:
     return int(round(number))
 
 
-def check_multiplicity(atomic_numbers: Iterable[int], charge: float, spin: float) -> None:
+def check_multiplicity(
+    atomic_numbers: Iterable[int], charge: float, spin: float, periodic: bool = False
+) -> None:
     """Raise ``ValueError`` if multiplicity ``spin`` is impossible for the electron count.
 
     Args:
         atomic_numbers: Z of every atom.
         charge: total charge in e (an integer).
         spin: spin multiplicity 2S + 1 (an integer >= 1).
+        periodic: a 3-D periodic cell: the values must still be integers (multiplicity >= 1),
+            but the electron-count parity rule is not applied (a cell's multiplicity labels
+            the level of theory, and an odd electron count per cell is no contradiction).
     """
     q = _as_integer(charge, "total charge")
     m = _as_integer(spin, "spin multiplicity")
     electrons = sum(int(z) for z in atomic_numbers) - q
     if m < 1:
         raise ValueError(f"spin multiplicity must be >= 1, got {m}")
+    if periodic:
+        return
     if electrons < 0:
         raise ValueError(f"total charge {q} leaves a negative electron count ({electrons})")
     if (electrons - (m - 1)) % 2 != 0 or m - 1 > electrons:
@@ -60,11 +67,12 @@ def charge_and_spin(
     default_spin: int | None = DEFAULT_SPIN,
     charge_key: str = "charge",
     spin_key: str = "spin",
+    periodic: bool = False,
 ) -> tuple[int, int]:
     """Total charge and multiplicity of a structure from its ``info``, checked for parity.
 
     A missing value takes its default with a ``UserWarning``; with a default of None it is a
-    ``ValueError`` naming the key.
+    ``ValueError`` naming the key. ``periodic``: see :func:`check_multiplicity`.
 
     Returns:
         ``(charge, multiplicity)`` as ints.
@@ -86,5 +94,5 @@ def charge_and_spin(
             )
             value = default
         values.append(_as_integer(value, name))
-    check_multiplicity(numbers, values[0], values[1])
+    check_multiplicity(numbers, values[0], values[1], periodic)
     return values[0], values[1]

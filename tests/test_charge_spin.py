@@ -162,3 +162,14 @@ def test_shipped_charged_data_has_every_state_of_every_geometry() -> None:
         assert [(a.info["charge"], a.info["spin"]) for a in members] == states[name][1]
         for atoms in members[1:]:
             np.testing.assert_array_equal(atoms.positions, members[0].positions)
+
+
+def test_parity_rule_is_for_finite_systems_only() -> None:
+    """29 electrons cannot be a singlet molecule, but a Cu cell may carry multiplicity 1."""
+    from mlip.electronic import check_multiplicity
+
+    with pytest.raises(ValueError, match="impossible"):
+        check_multiplicity([29], 0, 1)
+    check_multiplicity([29], 0, 1, periodic=True)
+    with pytest.raises(ValueError, match=">= 1"):
+        check_multiplicity([29], 0, 0, periodic=True)

@@ -107,6 +107,32 @@ def test_impossible_multiplicity_names_charge_and_multiplicity(tmp_path: Path) -
         prepare_data(config, DistInfo())
 
 
+def test_parity_rule_skips_periodic_cells(tmp_path: Path) -> None:
+    """An odd electron count per cell with default_spin 1 is no error for a 3-D periodic
+    cell (MPtrj-style data), while the same default on an odd-electron molecule is refused."""
+    cells = []
+    for i in range(4):  # Cu (Z = 29): one atom per cell gives 29 electrons
+        atoms = bulk("Cu", "fcc", a=3.6)
+        atoms.rattle(0.05, seed=i)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        cells.append(atoms)
+    periodic = tmp_path / "cells.extxyz"
+    write(periodic, cells)
+    data = {"train": str(periodic), "valid": 0.25, "default_charge": 0, "default_spin": 1}
+    prepare_data(_config(tmp_path, data, charge_spin=True), DistInfo())
+    molecules = [atoms.copy() for atoms in cells]
+    for atoms in molecules:
+        atoms.pbc = False
+        atoms.calc = EMT()
+        atoms.get_forces()
+    finite = tmp_path / "molecules.extxyz"
+    write(finite, molecules)
+    data = {**data, "train": str(finite)}
+    with pytest.raises(InvalidFrameError, match="impossible multiplicity"):
+        prepare_data(_config(tmp_path, data, charge_spin=True), DistInfo())
+
+
 def test_charge_and_spin_keys(tmp_path: Path) -> None:
     frames = read(CHARGED, index=":4")
     for atoms in frames:

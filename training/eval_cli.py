@@ -176,7 +176,8 @@ def _usable_frames(
             if state is not None:
                 where = f"{path}: frame {index}"
                 own = {"charge": frame.charge, "spin": frame.spin}
-                resolved = state.resolve(frame.atomic_numbers, own, where)
+                periodic = bool(np.all(frame.pbc))
+                resolved = state.resolve(frame.atomic_numbers, own, where, periodic)
                 if resolved is not None:
                     charge, spin = map(float, resolved)
                     frame = dataclasses.replace(frame, charge=charge, spin=spin)

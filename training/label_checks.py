@@ -93,7 +93,8 @@ def warn_reference_fit(statistics: Statistics, config: Config, source: str) -> N
 
 
 def _state_columns(dataset: GraphDataset) -> tuple[np.ndarray, ...]:
-    """(charge, spin, sum of Z) of the dataset's frames, NaN where a value is missing."""
+    """(charge, spin, sum of Z, periodic in 3-D) of the dataset's frames; NaN where a value
+    is missing."""
     source, indices = dataset.source, dataset.indices
     if isinstance(source, Store):
         file, n_frames = source.file, len(source)
@@ -103,11 +104,14 @@ def _state_columns(dataset: GraphDataset) -> tuple[np.ndarray, ...]:
         ]
         numbers = file["atomic_numbers"][:].astype(np.int64)
         z_sum = np.add.reduceat(numbers, source.offsets) if n_frames else np.zeros(0, np.int64)
-        return columns[0][indices], columns[1][indices], z_sum[indices]
+        periodic = file["pbc"][:].astype(bool).all(axis=1)
+        return columns[0][indices], columns[1][indices], z_sum[indices], periodic[indices]
     frames = [source[int(i)] for i in indices]
     charge = np.array([np.nan if f.charge is None else f.charge for f in frames], np.float64)
     spin = np.array([np.nan if f.spin is None else f.spin for f in frames], np.float64)
-    return charge, spin, np.array([int(f.atomic_numbers.sum()) for f in frames], np.int64)
+    z_sum = np.array([int(f.atomic_numbers.sum()) for f in frames], np.int64)
+    periodic = np.array([bool(np.all(f.pbc)) for f in frames], dtype=bool)
+    return charge, spin, z_sum, periodic
 
 
 def _frame_error(
@@ -136,8 +140,12 @@ def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> None:
     Raises:
         InvalidFrameError: naming the file, the frame and the field (for an impossible
             multiplicity also the charge and the multiplicity).
+
+    The electron-count parity rule applies to molecules and clusters only: for a 3-D periodic
+    cell (e.g. MPtrj with ``default_spin: 1``) the multiplicity labels the level of theory, and
+    an odd electron count per cell is no contradiction.
     """
-    charge, spin, z_sum = _state_columns(dataset)
+    charge, spin, z_sum, periodic = _state_columns(dataset)
     for values, key, name, default, option in (
         (charge, data.charge_key, "charge", data.default_charge, "default_charge"),
         (spin, data.spin_key, "spin", data.default_spin, "default_spin"),
@@ -154,12 +162,12 @@ def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> None:
     electrons = z_sum - charge
     unpaired = spin - 1
     bad = (charge != np.round(charge)) | (spin != np.round(spin)) | (spin < 1) | (electrons < 0)
-    bad |= (np.mod(electrons - unpaired, 2) != 0) | (unpaired > electrons)
+    bad |= ~periodic & ((np.mod(electrons - unpaired, 2) != 0) | (unpaired > electrons))
     if bad.any():
         position = int(np.argmax(bad))
         try:
             numbers = dataset.source[int(dataset.indices[position])].atomic_numbers
-            check_multiplicity(numbers, charge[position], spin[position])
+            check_multiplicity(numbers, charge[position], spin[position], periodic[position])
             detail = f"charge {charge[position]:g}, multiplicity {spin[position]:g}"
         except ValueError as error:
             detail = str(error)
