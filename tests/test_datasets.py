@@ -136,3 +136,18 @@ def test_every_registry_field_travels_store_dataset_batch(tmp_path: Path) -> Non
     assert [store[i].value("head") for i in range(4)] == [0, None, 2, 0]
     batch = next(iter(make_loader(GraphDataset(store, 3.0), BatchBudget(4), shuffle=False)))
     assert batch.head.dtype == torch.int64 and batch.head.tolist() == [0, 0, 2, 0]
+
+
+def test_cached_graphs_equal_built_ones() -> None:
+    """Frames held in memory get their graphs built once in workers and kept; every kept
+    graph equals the one built on demand (so ``data.cache_graphs`` changes no number)."""
+    frames = _frames(12)
+    built = GraphDataset(frames, cutoff=3.0)
+    cached = GraphDataset(frames, cutoff=3.0)
+    assert cached.in_memory
+    cached.cache_graphs(num_workers=2)
+    for index in range(len(frames)):
+        a, b = built[index].as_dict(), cached[index].as_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key

@@ -84,6 +84,10 @@ class DataConfig:
         num_workers: DataLoader worker processes that read frames and build neighbour lists
             (0: the training process does it). None: ``min(2, cpus - 1)``, 0 on one core.
             Changes no number of the run, only its speed.
+        cache_graphs: keep the neighbour lists of frames read from a raw file (extxyz/ASE,
+            MPTrj JSON, ``.aselmdb``: already held in memory) after building them once, in the
+            workers; false rebuilds them every epoch (less memory). A store's frames are never
+            cached: they are read lazily. Changes no number of the run.
         charge_key: ``atoms.info`` (or db ``data``) key of the total charge (e).
         spin_key: ``atoms.info`` (or db ``data``) key of the spin multiplicity (2S+1).
         default_charge: total charge of frames without one; None: with
@@ -116,6 +120,7 @@ class DataConfig:
     isolated_atoms: str | None = None
     max_structures: int | None = None
     num_workers: int | None = None
+    cache_graphs: bool = True
     charge_key: str = "charge"
     spin_key: str = "spin"
     default_charge: int | None = None

@@ -107,9 +107,29 @@ class GraphDataset(Dataset):
         self._n_edges: np.ndarray | None = None
         self.values = dict(values or {})
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
+        self._graphs: list[AtomicGraph] | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the frames are held in memory (a raw file), False for a store."""
+        return not isinstance(self.source, Store)
+
+    def cache_graphs(self, num_workers: int = 0) -> None:
+        """Build every graph once, in ``num_workers`` DataLoader workers (0: here), and keep
+        them; later ``self[i]`` returns the kept graph (the same one it would build)."""
+        if self._graphs is not None:
+            return
+        loader = DataLoader(
+            self,
+            batch_size=None,  # one graph at a time, in order
+            num_workers=num_workers,
+            worker_init_fn=single_threaded_worker if num_workers > 0 else None,
+            generator=torch.Generator(),  # leave the global RNG alone
+        )
+        self._graphs = list(loader)
 
     def frame(self, index: int) -> Frame:
         """The :class:`~training.data.frames.Frame` ``index`` (no neighbour list), with
@@ -126,6 +146,8 @@ class GraphDataset(Dataset):
             self.source.close()
 
     def __getitem__(self, index: int) -> AtomicGraph:
+        if self._graphs is not None:
+            return self._graphs[index]
         return self.frame(index).to_graph(self.cutoff)
 
     @property
@@ -193,6 +215,16 @@ class ConcatGraphDataset(Dataset):
         """Close every part's store handle."""
         for part in self.parts:
             part.close()
+
+    @property
+    def in_memory(self) -> bool:
+        """True when every part's frames are held in memory."""
+        return all(part.in_memory for part in self.parts)
+
+    def cache_graphs(self, num_workers: int = 0) -> None:
+        """:meth:`GraphDataset.cache_graphs` of every part."""
+        for part in self.parts:
+            part.cache_graphs(num_workers)
 
 
 @dataclass(frozen=True)

@@ -236,8 +236,20 @@ def make_loaders(
         "world_size": info.world_size,
         "pin_memory": device.type == "cuda",
     }
-    train = make_loader(data.train, budget, num_workers=workers, **options)
+
+    def loader_workers(dataset: Dataset, most: int) -> int:
+        """Frames already in memory get their graphs built once (in ``workers`` workers) and
+        kept, so their loader needs no worker; a store's are built every epoch in workers."""
+        if config.data.cache_graphs and dataset.in_memory:
+            dataset.cache_graphs(workers)
+            return 0
+        return most
+
+    train = make_loader(
+        data.train, budget, num_workers=loader_workers(data.train, workers), **options
+    )
     if data.valid is None:
         return train, None
-    valid = make_loader(data.valid, budget, shuffle=False, num_workers=min(workers, 1), **options)
+    valid_workers = loader_workers(data.valid, min(workers, 1))
+    valid = make_loader(data.valid, budget, shuffle=False, num_workers=valid_workers, **options)
     return train, valid
