@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-
-# As in training/cli.py: OpenMP threads that spin while waiting make torch many times slower on
-# shared cores. Must be set before torch loads; an explicit OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def relax_main(argv: Sequence[str] | None = None) -> int:

@@ -217,14 +217,3 @@ def test_readme_outputs_are_ignored_by_git() -> None:
     for path in ("relaxed.extxyz", "runs/demo/model.pt"):
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert ignored.returncode == 0, f"{path} is not ignored"
-
-
-def test_console_scripts_make_openmp_wait_passively() -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import os, training.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE", out.stderr

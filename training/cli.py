@@ -7,15 +7,9 @@ importing the trainer, and the reverse. All of them run through
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-# OpenMP threads that spin while waiting make torch 20x slower when the cores are shared (demo
-# epoch at load 10 on 2 cores: 106 s spinning, 5 s passive). Must be set before torch loads;
-# an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from mlip.cli import run_cli  # noqa: E402
+from mlip.cli import run_cli
 
 
 def data_main(argv: Sequence[str] | None = None) -> int:
