@@ -169,24 +169,31 @@ def run_mlip(
     threads: int,
     seed: int,
     overrides: list[str] | None = None,
+    config: Path = REPO / "training/configs/acac.yaml",
+    data_overrides: list[str] | None = None,
 ) -> dict:
-    """Train ``training/configs/acac.yaml`` with ``model.preset=<preset>`` and ``overrides``
-    (e.g. ``model.name=egnn``) in ``<work>/mlip_<preset>``; ``preset`` also labels the run."""
+    """Train ``config`` with ``model.preset=<preset>`` and ``overrides`` (e.g.
+    ``model.name=egnn``) in ``<work>/mlip_<preset>``; ``preset`` also labels the run.
+    ``data_overrides`` replace AcAc's label keys and isolated-atom E0s."""
     out_dir = work / f"mlip_{preset}"
     extra = list(overrides or [])
     if not any(o.startswith("model.preset=") for o in extra):
         extra.insert(0, f"model.preset={preset}")
+    if data_overrides is None:
+        data_overrides = [
+            "data.energy_key=REF_energy",
+            "data.forces_key=REF_forces",
+            "data.reference_energies=isolated",
+            f"data.isolated_atoms={DATA / 'isolated_atoms.xyz'}",
+        ]
     cmd = [
         "mlip-train",
-        str(REPO / "training/configs/acac.yaml"),
+        str(config),
         *extra,
         f"data.train={paths['train']}",
         f"data.valid={paths['valid']}",
         f"data.test={paths['test']}",
-        "data.energy_key=REF_energy",
-        "data.forces_key=REF_forces",
-        "data.reference_energies=isolated",
-        f"data.isolated_atoms={DATA / 'isolated_atoms.xyz'}",
+        *data_overrides,
         "train.max_epochs=100000",
         "train.patience=null",
         f"train.max_time={minutes}",
@@ -224,17 +231,31 @@ def run_mlip(
         "train_wall_s": summary.get("wall_time_s"),  # training + final valid/test evaluation
         "total_wall_s": wall,
         "model_file": str(out_dir / "model.pt"),
+        "metrics_csv": str(out_dir / "metrics.csv"),
     }
 
 
 def run_mace(
-    paths: dict[str, str], work: Path, minutes: float, threads: int, seed: int, venv: Path
+    paths: dict[str, str],
+    work: Path,
+    minutes: float,
+    threads: int,
+    seed: int,
+    venv: Path,
+    e0s: str | None = None,
+    extra_args: list[str] | None = None,
 ) -> dict:
+    """Train MACE for ``minutes`` (killed at the budget), export its best EMA checkpoint and
+    test it. ``e0s`` is MACE's ``--E0s`` value (default: AcAc's isolated atoms);
+    ``extra_args`` replace or add ``mace_run_train`` options (e.g. a stress key and weight)."""
     mace_dir = work / "mace"
     mace_dir.mkdir(parents=True, exist_ok=True)
     env = thread_env(threads)
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    e0s = "{" + ", ".join(f"{z}: {e!r}" for z, e in isolated_e0s().items()) + "}"
+    if e0s is None:
+        e0s = "{" + ", ".join(f"{z}: {e!r}" for z, e in isolated_e0s().items()) + "}"
+    extra = list(extra_args or [])
+    replaced = {a.split("=")[0] for a in extra} | {"--seed"}
     common = [
         str(venv / "bin/mace_run_train"),
         "--name=acac_mace",
@@ -245,12 +266,14 @@ def run_mace(
         "--forces_key=REF_forces",
         f"--E0s={e0s}",
         *MACE_MODEL_ARGS,
-        *[a for a in MACE_TRAIN_ARGS if not a.startswith("--seed")],
+        *[a for a in MACE_TRAIN_ARGS if a.split("=")[0] not in replaced],
+        *extra,
         f"--seed={seed}",
     ]
     cmd = [*common, "--max_num_epochs=100000"]
     print("$", " ".join(cmd), flush=True)
     budget = 60.0 * minutes
+    started_unix = time.time()
     t0 = time.monotonic()
     with open(work / "mace_train.log", "w") as log:
         proc = subprocess.Popen(
@@ -314,6 +337,8 @@ def run_mace(
         "best_epoch": int(best.group(1)) if best else None,
         "stop_reason": "killed_at_budget" if killed else f"exit {proc.returncode}",
         "train_wall_s": train_wall,  # process start to kill, imports and setup included
+        "started_unix": started_unix,
+        "train_log": str(work / "mace_train.log"),
         "total_wall_s": train_wall + eval_wall,
     }
 
