@@ -29,11 +29,13 @@ from mlip.cli import (
     ArgumentParser,
     CLIError,
     StateFlags,
+    add_memory_argument,
     add_state_arguments,
     check_device,
     check_head,
     check_not_inputs,
     check_outputs,
+    memory_budget_bytes,
     model_error_message,
     one_line,
     run_cli,
@@ -66,7 +68,8 @@ _STRUCTURE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".cif": "cif"}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--device``, ``--overwrite``, ``--charge``, ``--spin``, ``--head``.
+    """Add ``--model``, ``--device``, ``--memory-budget``, ``--overwrite``, ``--charge``,
+    ``--spin``, ``--head``.
 
     ``--charge``/``--spin`` replace the file's values of every structure
     (:func:`apply_state_flags`); ``--head`` goes to :func:`make_calculator`.
@@ -83,6 +86,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="torch device for the model: cpu, cuda or cuda:N (default: cpu)",
     )
+    add_memory_argument(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace output files that already exist"
     )
@@ -275,14 +279,20 @@ def write_structures(path: str | Path, frames: Sequence[Atoms], fmt: str) -> Non
 # ---------------------------------------------------------------------------- model
 
 
-def make_calculator(model: str | None, device: str, head: str | None = None) -> Calculator:
-    """Build the ASE calculator for ``--model``/``--device``/``--head``.
+def make_calculator(
+    model: str | None,
+    device: str,
+    head: str | None = None,
+    memory_budget: float | None = None,
+) -> Calculator:
+    """Build the ASE calculator for ``--model``/``--device``/``--head``/``--memory-budget``.
 
     Args:
         model: Path to an exported model file, or ``None`` for the built-in default
             model (:func:`calculators.defaults.default_model_path`).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         head: Level-of-theory head of a model with heads (None: its first head).
+        memory_budget: ``--memory-budget`` in GB (None: 60 % of the device's free memory).
 
     Returns:
         A ``calculators.MLIPCalculator``.
@@ -314,8 +324,9 @@ def make_calculator(model: str | None, device: str, head: str | None = None) -> 
     except ValueError as exc:  # ModelFileError names the file
         raise CLIError(f"cannot load model {path}: {exc}") from exc
     check_head(head, heads, path)
+    budget = memory_budget_bytes(memory_budget)
     try:
-        return MLIPCalculator(str(path), device=device, head=head)
+        return MLIPCalculator(str(path), device=device, head=head, memory_budget=budget)
     except Exception as exc:  # torch raises RuntimeError, metadata checks ValueError
         raise CLIError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
 

@@ -434,7 +434,7 @@ def _run(argv: Sequence[str]) -> int:
     cli_common.check_not_inputs(outputs, [structures[0].path])
     cli_common.check_outputs(outputs, args.overwrite)
 
-    atoms.calc = cli_common.make_calculator(args.model, args.device, args.head)
+    atoms.calc = cli_common.make_calculator(args.model, args.device, args.head, args.memory_budget)
     cli_common.apply_state_flags(args, structures, atoms.calc, _warn)
     cli_common.evaluate_energy(atoms, label)
 

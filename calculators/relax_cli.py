@@ -392,7 +392,7 @@ def _run(argv: Sequence[str]) -> int:
     cli_common.check_not_inputs(outputs, [item.path for item in structures])
     cli_common.check_outputs(outputs, args.overwrite)
 
-    calc = cli_common.make_calculator(args.model, args.device, args.head)
+    calc = cli_common.make_calculator(args.model, args.device, args.head, args.memory_budget)
     cli_common.apply_state_flags(args, structures, calc, _warn)
     usable, skipped = _initial_energies(structures, calc)  # before any relaxation
     if not usable:

@@ -156,13 +156,17 @@ def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str]
 
 
 def model_error_message(exc: BaseException) -> str | None:
-    """The message of a ``ValueError`` raised inside a TorchScript model, else None.
+    """The message of an evaluation error the user can act on, else None.
 
-    TorchScript wraps it in ``torch.jit.Error`` with both tracebacks in the text (e.g. a total
-    charge outside the range of the model's charge table); its last line holds the message.
+    That is a ``ValueError`` raised inside a TorchScript model, which TorchScript wraps in
+    ``torch.jit.Error`` with both tracebacks in the text (e.g. a total charge outside the range
+    of the model's charge table; its last line holds the message), or the ``MemoryError`` of a
+    memory budget too small for even one atom's receptive field (:mod:`mlip.chunked`).
     """
     import torch
 
+    if isinstance(exc, MemoryError) and str(exc):
+        return str(exc)
     if not isinstance(exc, torch.jit.Error):
         return None
     lines = str(exc).strip().splitlines()
@@ -240,6 +244,32 @@ def check_device(device: str) -> None:
 
         if not torch.cuda.is_available():
             raise CLIError(f"device {device!r} requested but CUDA is not available")
+
+
+def add_memory_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--memory-budget GB`` (see :func:`memory_budget_bytes`)."""
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory (GB, 1e9 bytes) one energy + forces evaluation may use; a larger "
+        "structure is evaluated exactly in chunks of atoms plus their receptive-field halo. "
+        "Default: 60 %% of the device's free memory at each call",
+    )
+
+
+def memory_budget_bytes(gigabytes: float | None) -> float | None:
+    """``--memory-budget`` in bytes (None stays None: the free-memory default).
+
+    Raises:
+        CLIError: The value is not a positive, finite number.
+    """
+    if gigabytes is None:
+        return None
+    if not (gigabytes > 0 and gigabytes < float("inf")):
+        raise CLIError(f"--memory-budget must be a positive number of GB, got {gigabytes}")
+    return gigabytes * 1e9
 
 
 # ------------------------------------------------- electronic state and level of theory

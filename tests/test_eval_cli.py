@@ -123,6 +123,11 @@ def test_predictions_file_and_errors_per_group(data, capsys):
         (None, ["test.extxyz", "-o", "p.cif"], "predictions are written as .extxyz"),
         (
             None,
+            ["test.extxyz", "--memory-budget", "-2"],
+            "--memory-budget must be a positive number of GB, got -2.0",
+        ),
+        (
+            None,
             ["test.extxyz", "--json", "no_dir_file/e.json"],
             "'no_dir_file' is a file, not a directory",
         ),
@@ -140,3 +145,51 @@ def test_bad_input_one_error_line(data, capsys, setup, argv, expected):
         argv = [*argv, "--model", _model()]
     assert main(argv) == 1
     assert expected in _error_line(capsys)
+
+
+def test_memory_budget_chunks_large_structures_exactly(data, capsys, monkeypatch):
+    """A budget below one structure's needs: every frame is evaluated chunk by chunk
+    (energy, forces and stress of a periodic cell), with the unchunked predictions."""
+    from ase.calculators.emt import EMT
+
+    from mlip.chunked import ChunkedEvaluator
+
+    chunks = []
+    call = ChunkedEvaluator.__call__
+
+    def counting(self, *args, **kwargs):
+        result = call(self, *args, **kwargs)
+        chunks.append(self.last_chunks)
+        return result
+
+    monkeypatch.setattr(ChunkedEvaluator, "__call__", counting)
+
+    frames = []
+    for seed in range(2):
+        atoms = bulk("Cu", "fcc", a=3.62, cubic=True).repeat((4, 4, 4))
+        atoms.numbers[::5] = 79
+        atoms.rattle(0.05, seed=seed)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(
+            atoms,
+            energy=atoms.get_potential_energy(),
+            forces=atoms.get_forces(),
+            stress=atoms.get_stress(),
+        )
+        frames.append(atoms)
+    write("big.extxyz", frames)
+    assert main(["big.extxyz", "--model", _model(), "-o", "whole.extxyz"]) == 0
+    assert chunks == []
+    argv = ["big.extxyz", "--model", _model(), "-o", "chunked.extxyz", "--memory-budget", "0.06"]
+    assert main(argv) == 0
+    assert len(chunks) == 2 and min(chunks) > 1
+    argv = ["big.extxyz", "--model", _model(), "--memory-budget", "1e-6"]  # not one atom
+    assert main(argv) == 1
+    assert "memory budget 0.00 GiB is too small" in _error_line(capsys)
+    for whole, chunked in zip(read("whole.extxyz", ":"), read("chunked.extxyz", ":")):
+        scale = np.abs(whole.get_forces()).max()
+        np.testing.assert_allclose(chunked.get_forces(), whole.get_forces(), atol=1e-5 * scale)
+        assert chunked.get_potential_energy() == pytest.approx(
+            whole.get_potential_energy(), rel=1e-6
+        )
+        np.testing.assert_allclose(chunked.get_stress(), whole.get_stress(), atol=1e-6)

@@ -24,9 +24,7 @@ COLUMNS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
 
 @pytest.fixture
 def emt(monkeypatch):
-    monkeypatch.setattr(
-        cli_common, "make_calculator", lambda model, device, head=None: ContractEMT()
-    )
+    monkeypatch.setattr(cli_common, "make_calculator", lambda *args, **kwargs: ContractEMT())
 
 
 @pytest.fixture
@@ -148,9 +146,7 @@ def test_never_overwrites(emt, inputs, capsys):
 )
 def test_bad_input_one_error_line(inputs, capsys, monkeypatch, argv, expected):
     if "--device" not in argv:  # the device is checked by the real factory
-        monkeypatch.setattr(
-            cli_common, "make_calculator", lambda model, device, head=None: ContractEMT()
-        )
+        monkeypatch.setattr(cli_common, "make_calculator", lambda *args, **kwargs: ContractEMT())
     Path("bad.cif").write_text("data_broken\n_cell_length_a oops\n")
     write("fe.cif", bulk("Fe", "bcc", a=2.87, cubic=True))
     if "--device" in argv:
@@ -261,9 +257,7 @@ def test_ctrl_c_keeps_written_frames(inputs, capsys, monkeypatch):
                 raise KeyboardInterrupt
             super().calculate(*args, **kwargs)
 
-    monkeypatch.setattr(
-        cli_common, "make_calculator", lambda model, device, head=None: InterruptedEMT()
-    )
+    monkeypatch.setattr(cli_common, "make_calculator", lambda *args, **kwargs: InterruptedEMT())
     argv = ["cuau.cif", "--ensemble", "nvt", "--temperature", "300", "--timestep", "2"]
     assert md_cli.main([*argv, "--steps", "100", "--interval", "5"]) == 130
     line = _error_line(capsys)

@@ -26,7 +26,7 @@ def emt(monkeypatch):
     """Use ContractEMT as the model; records the (model, device) arguments."""
     calls = []
 
-    def factory(model, device, head=None):
+    def factory(model, device, head=None, memory_budget=None):
         calls.append((model, device))
         return ContractEMT()
 
@@ -211,6 +211,29 @@ def test_relax_with_real_mlip_calculator(real_model, inputs, capsys):
     write("fe.cif", bulk("Fe", "bcc", a=2.87, cubic=True))
     assert relax_cli.main(["fe.cif", "--model", str(real_model), "-o", "fe.extxyz"]) == 1
     assert "Au" in _error_line(capsys)
+
+
+def test_memory_budget_reaches_the_calculator(real_model, inputs, capsys):
+    """``--memory-budget`` sets the calculator's budget; one too small for a single atom's
+    receptive field, or not positive, is one error line."""
+    write("cu.cif", bulk("Cu", "fcc", a=3.62, cubic=True).repeat((2, 2, 2)))
+    calcs = []
+    factory = cli_common.make_calculator
+
+    def recording(*args, **kwargs):
+        calcs.append(factory(*args, **kwargs))
+        return calcs[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_common, "make_calculator", recording)
+        argv = ["cu.cif", "--model", str(real_model), "--steps", "1", "--overwrite"]
+        assert relax_cli.main([*argv, "--memory-budget", "2.5"]) in (0, 2)
+        assert calcs[-1].chunked.memory_budget == 2.5e9
+        capsys.readouterr()
+        assert relax_cli.main([*argv, "--memory-budget", "1e-7"]) == 1
+        assert "is too small: one atom's receptive field" in _error_line(capsys)
+        assert relax_cli.main([*argv, "--memory-budget", "0"]) == 1
+        assert "--memory-budget must be a positive number of GB, got 0.0" in _error_line(capsys)
 
 
 def test_default_model(inputs):

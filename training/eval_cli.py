@@ -32,18 +32,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlip import AtomicGraph, keys
+from mlip.chunked import ChunkedEvaluator, num_hops
 from mlip.cli import (
     ArgumentParser,
     CLIError,
     StateFlags,
+    add_memory_argument,
     add_state_arguments,
     check_device,
     check_head,
     check_not_inputs,
     check_outputs,
+    memory_budget_bytes,
     model_error_message,
     run_cli,
 )
+from training.units import CONVENTIONS, STRESS_UNITS
 
 __all__ = ["EXIT_SKIPPED", "FileEvaluation", "evaluate_file", "main"]
 
@@ -80,6 +85,34 @@ class FileEvaluation:
 def _set_stress(module: torch.nn.Module, flag: bool) -> None:
     if hasattr(module, "compute_stress"):
         module.compute_stress = flag
+
+
+def _predict(
+    module: torch.nn.Module,
+    chunked: ChunkedEvaluator | None,
+    graph: AtomicGraph,
+    singles: Sequence[AtomicGraph],
+    device: str,
+    use_stress: bool,
+) -> dict[str, torch.Tensor]:
+    """Energy (B,), forces (N, 3) and, with ``use_stress``, stress (B, 3, 3) of a batch.
+
+    A batch over ``chunked``'s memory budget is evaluated structure by structure, and a
+    structure over the budget chunk by chunk (:mod:`mlip.chunked`, exact).
+    """
+    on_device = torch.device(device)
+    if chunked is None or not chunked.needs_chunks(graph, on_device):
+        _set_stress(module, use_stress)
+        output = {k: v.detach() for k, v in module(graph.to(device).as_dict()).items()}
+        if not use_stress:
+            output.pop("stress", None)
+        return output
+    if len(singles) > 1:
+        parts = [_predict(module, chunked, g, [g], device, use_stress) for g in singles]
+        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+    output = chunked(graph, on_device, stress=use_stress)
+    wanted = (keys.ENERGY, keys.FORCES, keys.STRESS)
+    return {k: v.to(device) for k, v in output.items() if k in wanted}
 
 
 def _ase_infos(path: str, data_format: str | None) -> list[dict[str, Any]]:
@@ -203,11 +236,14 @@ def evaluate_file(
     energy_key: str | None = None,
     forces_key: str | None = None,
     stress_key: str | None = None,
+    stress_units: str = "eV/A^3",
+    stress_convention: str = "ase",
     species: Sequence[int] | None = None,
     group_by: str | None = None,
     predictions: bool = False,
     state: StateFlags | None = None,
     head: int | None = None,
+    chunked: ChunkedEvaluator | None = None,
 ) -> FileEvaluation:
     """Metrics, parity arrays and (optionally) per-structure predictions of an exported model.
 
@@ -221,12 +257,18 @@ def evaluate_file(
         state: ``--charge``/``--spin`` for a model that takes them (None: a frame's own
             values only; a frame without them then fails in the model).
         head: Index of the level-of-theory head into the model's heads (None: the first).
+        chunked: Evaluates structures over its memory budget in chunks (None: never).
     """
-    from mlip import AtomicGraph
     from training.data.readers import ReaderOptions
     from training.metrics import ErrorMetrics
 
-    options = ReaderOptions(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+    options = ReaderOptions(
+        energy_key=energy_key,
+        forces_key=forces_key,
+        stress_key=stress_key,
+        stress_units=stress_units,
+        stress_convention=stress_convention,
+    )
     known = set(species) if species is not None else set(range(119))
     usable, skipped = _usable_frames(path, data_format, options, cutoff, known, state, head)
     infos = _ase_infos(path, data_format) if group_by or predictions else []
@@ -239,12 +281,11 @@ def evaluate_file(
     result = FileEvaluation({}, {}, len(usable), skipped)
     for start in range(0, len(usable), batch_size):
         chunk = usable[start : start + batch_size]
-        graph = AtomicGraph.batch([graph for _, _, graph in chunk]).to(device)
+        singles = [graph for _, _, graph in chunk]
+        graph = AtomicGraph.batch(singles)
         use_stress = graph.stress is not None and bool(graph.pbc.all())
-        _set_stress(module, use_stress)
-        output = {k: v.detach() for k, v in module(graph.as_dict()).items()}
-        if not use_stress:
-            output.pop("stress", None)
+        output = _predict(module, chunked, graph, singles, device, use_stress)
+        graph = graph.to(device)
         metrics.update(output, graph)
         n_atoms = graph.num_atoms.to(torch.float64)
         parity["energy_ref"].append((graph.energy / n_atoms).cpu().numpy())
@@ -329,6 +370,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--forces-key", default=None)
     parser.add_argument("--stress-key", default=None)
     parser.add_argument(
+        "--stress-units",
+        default="eV/A^3",
+        choices=list(STRESS_UNITS),
+        help="unit of the stress label (mlearn and VASP OUTCAR 'in kB': kbar)",
+    )
+    parser.add_argument(
+        "--stress-convention",
+        default="ase",
+        choices=list(CONVENTIONS),
+        help="ase: tensile positive, Voigt xx yy zz yz xz xy; vasp: compressive positive, "
+        "Voigt xx yy zz xy yz zx",
+    )
+    parser.add_argument(
         "--group-by",
         default=None,
         metavar="KEY",
@@ -347,6 +401,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace output files that already exist"
     )
+    add_memory_argument(parser)
     add_state_arguments(parser, override=False)
     return parser
 
@@ -392,8 +447,14 @@ def _run(argv: Sequence[str]) -> int:
 
     if torch.device(args.device).type == "cpu":
         keep_freed_memory()
+    budget = memory_budget_bytes(args.memory_budget)
     module, metadata = _load_model(args.model, args.device)
     cutoff = float(metadata["cutoff"])
+    chunked = (  # a non-local model (receptive_field null) is always evaluated whole
+        None
+        if "receptive_field" in metadata and metadata["receptive_field"] is None
+        else ChunkedEvaluator(module, num_hops(metadata), budget)
+    )
     species = [int(z) for z in metadata["atomic_numbers"]]
     heads = [str(name) for name in metadata["heads"]]
     check_head(args.head, heads, args.model)
@@ -416,11 +477,14 @@ def _run(argv: Sequence[str]) -> int:
                 energy_key=args.energy_key,
                 forces_key=args.forces_key,
                 stress_key=args.stress_key,
+                stress_units=args.stress_units,
+                stress_convention=args.stress_convention,
                 species=species,
                 group_by=args.group_by,
                 predictions=args.output is not None,
                 state=state,
                 head=None if args.head is None else heads.index(args.head),
+                chunked=chunked,
             )
         except Exception as exc:  # a ValueError raised inside the TorchScript model
             message = model_error_message(exc)
