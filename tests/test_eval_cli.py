@@ -193,3 +193,23 @@ def test_memory_budget_chunks_large_structures_exactly(data, capsys, monkeypatch
             whole.get_potential_energy(), rel=1e-6
         )
         np.testing.assert_allclose(chunked.get_stress(), whole.get_stress(), atol=1e-6)
+
+
+def test_stress_in_kbar_vasp_order_reads_as_ase_stress(data):
+    """A kBar / VASP-order / VASP-sign copy of each stress label gives the same errors."""
+    from ase.units import GPa
+
+    frames = read("test.extxyz", ":")
+    for atoms in frames:
+        xx, yy, zz, yz, xz, xy = atoms.get_stress()  # ASE Voigt, eV/Å³, tensile positive
+        atoms.info["virial_kbar"] = -np.array([xx, yy, zz, xy, yz, xz]) / (0.1 * GPa)
+    write("kbar.extxyz", frames)
+    assert main(["test.extxyz", "--model", _model(), "--json", "ase.json"]) == 0
+    argv = ["kbar.extxyz", "--model", _model(), "--json", "kbar.json", "--stress-key"]
+    argv += ["virial_kbar", "--stress-units", "kbar", "--stress-convention", "vasp"]
+    assert main(argv) == 0
+    ase_metrics = json.loads(Path("ase.json").read_text())["test.extxyz"]
+    kbar_metrics = json.loads(Path("kbar.json").read_text())["kbar.extxyz"]
+    assert ase_metrics["stress_rmse"] > 0
+    assert kbar_metrics["stress_rmse"] == pytest.approx(ase_metrics["stress_rmse"], rel=1e-9)
+    assert kbar_metrics["stress_mae"] == pytest.approx(ase_metrics["stress_mae"], rel=1e-9)
