@@ -173,3 +173,55 @@ def test_parity_rule_is_for_finite_systems_only() -> None:
     check_multiplicity([29], 0, 1, periodic=True)
     with pytest.raises(ValueError, match=">= 1"):
         check_multiplicity([29], 0, 0, periodic=True)
+
+
+def test_omol25_road_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OMol25 road on the shipped charged set, through the command lines: an ``.aselmdb``
+    with charge and spin in each row's ``data`` -> ``mlip-data convert`` -> ``mlip-train`` with
+    ``model.charge_spin: true`` -> ``mlip-export`` -> calculator and ``mlip-eval``."""
+    pytest.importorskip("ase_db_backends", reason="needs the omol extra")
+    import yaml
+    from ase.io import read
+
+    from training import data_cli, eval_cli, export_cli, train_cli
+    from training.data.readers import read_frames
+
+    monkeypatch.chdir(tmp_path)
+    frames = read(ROOT / "data" / "charged" / "charged.extxyz", index=":40")
+    write("subset.extxyz", frames)
+    assert _data_script().to_aselmdb("subset.extxyz", "omol.aselmdb") == 40
+    assert data_cli.main(["convert", "omol.aselmdb", "-o", "omol.h5"]) == 0
+    config = {
+        "data": {"train": "omol.h5", "valid": 0.2},
+        "model": {
+            "cutoff": 4.0,
+            "hyper": {"channels": 8, "mixer_channels": 8, "num_layers": 1, "charge_spin": True},
+        },
+        "train": {"max_epochs": 2, "batch": {"size": 8}, "dtype": "float64", "num_threads": 1},
+        "output_dir": "run",
+    }
+    Path("omol.yaml").write_text(yaml.safe_dump(config))
+    assert train_cli.main(["omol.yaml", "train.progress_bar=false"]) == 0
+    assert export_cli.main(["run/checkpoint.pt", "-o", "omol.pt"]) == 0
+    metadata = load("omol.pt")[1]
+    assert metadata["inputs"] == ["charge", "spin"]
+
+    # calculator on the rows as OMol25 users read them: charge and spin from the row data
+    rows = read_frames(Path("omol.aselmdb"))
+    calc = MLIPCalculator("omol.pt")
+    predicted = []
+    for row, atoms in zip(rows, frames):
+        atoms = atoms.copy()
+        atoms.info = {"charge": int(row.charge), "spin": int(row.spin)}
+        atoms.calc = calc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "charge/spin missing" default
+            predicted.append(atoms.get_potential_energy())
+    # mlip-eval reads the same rows and predicts the same energies
+    assert eval_cli.main(["omol.aselmdb", "--model", "omol.pt", "-o", "preds.extxyz"]) == 0
+    evaluated = [a.get_potential_energy() for a in read("preds.extxyz", index=":")]
+    np.testing.assert_allclose(evaluated, predicted, rtol=1e-9, atol=1e-9)
+    # the states of one geometry get different energies: the model sees charge and spin
+    geometry = [(a.info["config_type"], a.info["geometry"]) for a in frames]
+    same = [i for i in range(1, 40) if geometry[i] == geometry[0]]
+    assert same and all(abs(predicted[i] - predicted[0]) > 1e-6 for i in same)

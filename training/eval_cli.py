@@ -116,14 +116,16 @@ def _predict(
 
 
 def _ase_infos(path: str, data_format: str | None) -> list[dict[str, Any]]:
-    """``atoms.info`` of every record of an ASE-readable file (for groups and predictions)."""
-    import ase.io
+    """``atoms.info`` of every record (for groups and predictions); db rows: key-value pairs and
+    ``data``."""
+    from training.data.readers import record_infos
 
-    from training.data.readers import detect_format
-
-    if (data_format or detect_format(path)) != "ase":
-        raise CLIError(f"{path}: --group-by and -o need an ASE-readable file (extxyz, xyz, ...)")
-    return [dict(atoms.info) for atoms in ase.io.iread(path, index=":")]
+    try:
+        return record_infos(path, data_format)
+    except ValueError:
+        raise CLIError(
+            f"{path}: --group-by and -o need ASE structures (extxyz, xyz, ASE db, .aselmdb)"
+        ) from None
 
 
 def _prediction_atoms(

@@ -42,6 +42,7 @@ __all__ = [
     "iter_frames",
     "read_frames",
     "iter_raw",
+    "record_infos",
 ]
 
 FORMATS = ("ase", "asedb", "aselmdb", "mptrj")
@@ -344,6 +345,44 @@ def _iter_db_rows(db: Any, source: str, options: ReaderOptions, start: int) -> I
             yield exc.at(source, index, str(row.id))
         except (ValueError, TypeError, KeyError) as exc:
             yield InvalidFrameError(source, index, "", "record", "unreadable", str(exc))
+
+
+def _db_rows(db: Any) -> Iterator[Any]:
+    ids = getattr(db, "ids", None)
+    if ids is not None:  # LMDB backend: direct row access by id
+        return (db.get(id=row_id) for row_id in list(ids))
+    return db.select()
+
+
+def record_infos(path: str | os.PathLike, format: str | None = None) -> list[dict[str, Any]]:
+    """The ``atoms.info`` of every record, in file order: for ASE files the frame's info, for
+    ASE databases and ``.aselmdb`` files (or folders) the row's key-value pairs and ``data``
+    (where OMol25 keeps charge and spin).
+
+    Raises:
+        ValueError: an MPTrj JSON file (its records are not ASE structures).
+    """
+    format = format or detect_format(path)
+    if format == "ase":
+        import ase.io
+
+        return [dict(atoms.info) for atoms in ase.io.iread(path, index=":")]
+    if format == "mptrj":
+        raise ValueError(f"{path}: MPTrj JSON records have no atoms.info")
+    if format == "asedb":
+        import ase.db
+
+        dbs = [ase.db.connect(str(path))]
+    else:
+        dbs = [_open_aselmdb(file) for file in aselmdb_files(path)]
+    infos = []
+    for db in dbs:
+        try:
+            infos.extend(_row_info(row, row.toatoms()) for row in _db_rows(db))
+        finally:
+            if hasattr(db, "close"):
+                db.close()
+    return infos
 
 
 def _iter_ase_db(
