@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from mlip import AtomicGraph
+from mlip.chunked import ChunkedEvaluator
+from mlip.derivatives import ForceStress
 from mlip.models import MODELS, PRESETS, build_model
-from mlip.testing import EnergyModelTests
+from mlip.testing import (
+    EnergyModelTests,
+    perturb_parameters,
+    rattled_crystal,
+    rattled_molecule,
+)
 
 _TINY = {"channels": 8, "mixer_channels": 8, "num_radial": 6, "readout_hidden": 4}
 
@@ -78,6 +88,41 @@ class TestGMEPHeadsOnlyMLPRadial(EnergyModelTests):
         "heads": ["a", "b"],
         **_TINY,
     }
+
+
+class TestGMEPLargePreset(EnergyModelTests):
+    """``large`` at tiny width: three layers, two of them with l = 1 input features."""
+
+    model_kwargs = {"preset": "large", **_TINY}
+
+
+@pytest.mark.parametrize("preset", ["small", "large"])
+def test_receiver_gemm_equals_edge_messages(preset: str) -> None:
+    """Per-receiver GEMM layers (scalar inputs: small; l = 1 inputs: large) against the
+    per-edge messages with the same weights: energy, forces, stress, also with the layers
+    restricted to fewer receivers (chunked evaluation)."""
+    model = build_model(species=[29, 79], cutoff=4.0, preset=preset, dtype="float64", **_TINY)
+    perturb_parameters(model)
+    edges = copy.deepcopy(model)
+    for layer in edges.layers:
+        layer.receiver_gemm = False
+    lmax_in = 1 if preset == "large" else 0
+    assert any(layer.receiver_gemm and layer.lmax_in == lmax_in for layer in model.layers)
+    hops = len(model.layers)
+    for atoms, stress in ((rattled_crystal(), True), (rattled_molecule([29, 79]), False)):
+        graph = AtomicGraph.from_atoms(atoms, 4.0, read_labels=False)
+        wrapped = ForceStress(model, compute_forces=True, compute_stress=stress)
+        wrapped_edges = ForceStress(edges, compute_forces=True, compute_stress=stress)
+        expected = {name: value.detach() for name, value in wrapped_edges(graph.as_dict()).items()}
+        results = [{name: value.detach() for name, value in wrapped(graph.as_dict()).items()}]
+        for module in (wrapped, wrapped_edges):
+            # two owned atoms per chunk: every layer runs on fewer receivers than senders
+            results.append(ChunkedEvaluator(module, hops, chunk_atoms=2)(graph, "cpu", stress))
+        for result in results:
+            assert set(result) == set(expected)
+            for name, value in expected.items():
+                error = float((result[name] - value).abs().max())
+                assert error < 1e-10 * max(float(value.abs().max()), 1.0), (name, error)
 
 
 def test_every_registered_model_is_covered() -> None:

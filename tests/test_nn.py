@@ -152,6 +152,19 @@ def test_message_paths_natural_parity() -> None:
     assert len(message_paths(0, 2)) == 3
 
 
+@pytest.mark.parametrize(("lsrc", "lmax"), [(1, 3), (2, 2)])
+def test_edge_message_path_coupling_reproduces_forward(lsrc: int, lmax: int) -> None:
+    """``path_coupling`` (the per-receiver form's coefficients) gives the forward's messages."""
+    message = EdgeMessage(lsrc, lmax).double()
+    n_edges, channels, d_out = 5, 3, num_sh(lmax)
+    edge_sh = SphericalHarmonics(lmax).double()(torch.randn(n_edges, 3, dtype=torch.float64))
+    features = torch.randn(n_edges, num_sh(lsrc), channels, dtype=torch.float64)
+    radial = torch.randn(n_edges, len(message.paths), channels, dtype=torch.float64)
+    coupling = message.path_coupling.reshape(len(message.paths), d_out, num_sh(lsrc), d_out)
+    expected = torch.einsum("pbsd,eb,epc,esc->edc", coupling, edge_sh, radial, features)
+    torch.testing.assert_close(message(features, edge_sh, radial), expected, atol=1e-12, rtol=0)
+
+
 def test_edge_message_equivariant() -> None:
     lsrc, lmax = 1, 3
     message = EdgeMessage(lsrc, lmax).double()

@@ -13,7 +13,9 @@ learnable weights absorb. Each path block is scaled to Frobenius norm ``sqrt(2 l
 
 Implementation: ``T[e] = Y[e] @ G`` gives a per-edge (D_out, Q) coupling matrix, where ``Q`` runs
 over (path, m1); the message is one ``torch.bmm`` of T with the radially weighted source
-features (E, Q, C).
+features (E, Q, C). The same coefficients, one dense (D, D_src, D_out) block per path, are kept
+as ``path_coupling`` for forms that sum over a receiver's neighbours before coupling
+(:class:`mlip.models.gmep.GMEP`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class EdgeMessage(nn.Module):
 
     Attributes:
         paths: list of (l1, l2, l3); the radial module must produce ``len(paths) * C`` weights.
+        path_coupling: buffer (P, D D_src D_out): entry ``[p, (b, s, d)]`` is the coefficient of
+            ``Y_b h[s] R_p`` in ``m[d]``, i.e. ``m[d, c] = sum_{p,b,s} path_coupling[p, (b, s, d)]
+            Y_b R_p,c h[s, c]`` (the forward's contraction with the sums reordered).
 
     Shapes:
         forward(sender_features (E, D_src, C), edge_sh (E, D), radial (E, P, C))
@@ -89,6 +94,15 @@ class EdgeMessage(nn.Module):
         )
         self.register_buffer("source_index", torch.tensor(source_index), persistent=False)
         self.register_buffer("path_index", torch.tensor(path_index), persistent=False)
+        d_src = num_sh(lmax_src)
+        path_coupling = np.zeros((len(self.paths), d_out, d_src, d_out))
+        for q in range(self.num_q):
+            path_coupling[path_index[q], :, source_index[q], :] += coupling[:, :, q]
+        self.register_buffer(
+            "path_coupling",
+            torch.tensor(path_coupling.reshape(len(self.paths), -1)),
+            persistent=False,
+        )
 
     def forward(self, sender_features: Tensor, edge_sh: Tensor, radial: Tensor) -> Tensor:
         n_edges = edge_sh.shape[0]
