@@ -237,3 +237,129 @@ def test_store_frames_are_checked_and_take_the_head(tmp_path: Path) -> None:
     graphs = [loaded.train[i] for i in range(len(loaded.train))]
     assert all(int(g.head) == 1 for g in graphs)
     assert set(loaded.head_statistics) == {"b"}
+
+
+# ------------------------------------------------------------------ per-frame heads (head_key)
+def _mixed(path: Path, labels: list[str | None]) -> Path:
+    """Frames alternating 4-atom Cu cells and molecules, ``info["level"]`` = ``labels[i]``
+    (no key where None)."""
+    copper = read(_copper(path.with_suffix(".cu.extxyz"), len(labels), seed=10), index=":")
+    molecules = read(CHARGED, index=f":{len(labels)}")
+    frames = []
+    for i, label in enumerate(labels):
+        atoms = copper[i] if i % 2 == 0 else molecules[i]
+        if label is not None:
+            atoms.info["level"] = label
+        frames.append(atoms)
+    write(path, frames)
+    return path
+
+
+def _train_heads(data) -> list[int]:
+    return [int(data.train.frame(i).value("head")) for i in range(len(data.train))]
+
+
+def test_mixed_file_heads_train_end_to_end(tmp_path: Path) -> None:
+    """One file with frames of two heads: every frame (train and valid split) gets the head its
+    info names, and each head's fitted statistics are those of its own training frames."""
+    from training.checkpoint import load_checkpoint
+    from training.data.statistics import compute_statistics
+
+    labels = ["a" if i % 2 == 0 else "b" for i in range(16)]
+    mixed = _mixed(tmp_path / "mixed.extxyz", labels)
+    data = {"train": str(mixed), "valid": 0.25, "head_key": "level"}
+    config = _config(tmp_path, data, heads=["a", "b"])
+    prepared = prepare_data(config, DistInfo())
+    for part in (prepared.train, prepared.valid):
+        for i in range(len(part)):
+            frame = part.frame(i)  # frame_id: its index in the file
+            assert int(frame.value("head")) == ["a", "b"].index(labels[int(frame.frame_id)])
+            assert int(part[i].head) == int(frame.value("head"))
+    assert set(_train_heads(prepared)) == {0, 1}
+    assert set(prepared.head_statistics) == {"a", "b"}
+
+    result = train(config)
+    fitted = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["statistics"]["heads"]
+    species = prepared.species
+    for number, head in enumerate(["a", "b"]):
+        frames = [
+            prepared.train.frame(i) for i, h in enumerate(_train_heads(prepared)) if h == number
+        ]
+        expected = compute_statistics(frames).for_model("least_squares", species)
+        assert fitted[head]["shift"] == pytest.approx(expected["shift"], rel=1e-10)
+        assert fitted[head]["scale"] == pytest.approx(expected["scale"], rel=1e-10)
+        for z, e0 in expected["reference_energies"].items():
+            assert fitted[head]["reference_energies"][z] == pytest.approx(e0, rel=1e-10, abs=1e-12)
+    assert fitted["a"]["reference_energies"][29] != 0.0  # Cu: head a only
+    assert fitted["b"]["reference_energies"][29] == 0.0
+    assert fitted["b"]["reference_energies"][1] != 0.0  # H: head b only
+    assert Path(result["model"]).exists()
+
+
+def test_missing_head_names_file_frame_and_key(tmp_path: Path) -> None:
+    labels = ["a", "b", "a", None, "a", "b", "a", "b"]
+    mixed = _mixed(tmp_path / "mixed.extxyz", labels)
+    data = {"train": str(mixed), "valid": 0.25, "head_key": "level"}
+    pattern = r"mixed.extxyz: frame 3: field 'level': missing head .*no 'level' in its info"
+    with pytest.raises(InvalidFrameError, match=pattern):
+        prepare_data(_config(tmp_path, data, heads=["a", "b"]), DistInfo())
+    # data.head is the head of the frames without the key
+    data["head"] = "b"
+    prepared = prepare_data(_config(tmp_path, data, heads=["a", "b"]), DistInfo())
+    for part in (prepared.train, prepared.valid):
+        for i in range(len(part)):
+            frame = part.frame(i)
+            label = labels[int(frame.frame_id)] or "b"
+            assert int(frame.value("head")) == ["a", "b"].index(label)
+
+
+def test_unknown_head_names_file_frame_value_and_heads(tmp_path: Path) -> None:
+    mixed = _mixed(tmp_path / "mixed.extxyz", ["a", "b", "pbe", "b"])
+    data = {"train": str(mixed), "valid": 0.25, "head_key": "level", "head": "a"}
+    pattern = r"mixed.extxyz: frame 2: field 'level': unknown head 'pbe'.*heads are a, b"
+    with pytest.raises(InvalidFrameError, match=pattern):
+        prepare_data(_config(tmp_path, data, heads=["a", "b"]), DistInfo())
+    with pytest.raises(ConfigError, match="data.head_key: 'level' given, but the model has no"):
+        _config(tmp_path, {"train": str(mixed), "head_key": "level"})
+
+
+def test_store_keeps_head_names(tmp_path: Path) -> None:
+    """``mlip-data convert --head-key`` keeps each frame's head: a store-based run gets the
+    same heads and per-head statistics as the raw file; a store without head names (written
+    before they were kept) still reads, with no names."""
+    import h5py
+
+    from training.data.store import Store
+    from training.data_cli import main
+
+    labels = ["a", "b", "b", "a", None, "b", "a", "b"]
+    mixed = _mixed(tmp_path / "mixed.extxyz", labels)
+    store = tmp_path / "mixed.h5"
+    assert main(["convert", str(mixed), "-o", str(store), "--head-key", "level"]) == 0
+    kept = Store(store)
+    assert [kept[i].head_name for i in range(8)] == [x or "" for x in labels]
+    assert list(kept.strings("head_name")) == [x or "" for x in labels]
+    kept.close()
+
+    def prepared(train: Path):
+        data = {"train": str(train), "valid": 0.25, "head_key": "level", "head": "a"}
+        return prepare_data(_config(tmp_path, data, heads=["a", "b"]), DistInfo())
+
+    from_file, from_store = prepared(mixed), prepared(store)
+    assert _train_heads(from_store) == _train_heads(from_file)
+    assert set(from_store.head_statistics) == {"a", "b"}
+    for head, statistics in from_file.head_statistics.items():
+        ours = from_store.head_statistics[head].for_model("least_squares", from_file.species)
+        theirs = statistics.for_model("least_squares", from_file.species)
+        assert ours["shift"] == pytest.approx(theirs["shift"], rel=1e-10)
+        assert ours["scale"] == pytest.approx(theirs["scale"], rel=1e-10)
+
+    from_store.train.close()
+    with h5py.File(store, "r+") as file:  # an older store: no head names
+        del file["head_name"]
+    old = Store(store)
+    assert old[0].head_name == "" and list(old.strings("head_name")) == [""] * 8
+    old.close()
+    with pytest.raises(InvalidFrameError, match=r"mixed.h5: frame 0 .*field 'level'.*--head-key"):
+        data = {"train": str(store), "valid": 0.25, "head_key": "level"}
+        prepare_data(_config(tmp_path, data, heads=["a", "b"]), DistInfo())

@@ -39,6 +39,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "source_heads",
 ]
 
 
@@ -95,13 +96,19 @@ class DataConfig:
         default_spin: spin multiplicity of frames without one; None: with
             ``model.hyper.charge_spin`` a frame without a multiplicity is an error.
         head: level-of-theory head (one of ``model.hyper.heads``) of every frame of this
-            data (train, valid, test); None: the model's first head.
+            data (train, valid, test); None: the model's first head. With ``head_key`` the
+            head of the frames that lack that key (None: such a frame is an error).
+        head_key: ``atoms.info`` (or db ``data``) key holding each frame's head name (e.g.
+            ``omol``, ``mptrj``), for one file mixing levels of theory; reference energies,
+            shift and scale are then fitted per head on the training frames of that head. A
+            store keeps the names read by ``mlip-data convert --head-key`` (default ``head``).
+            None: every frame has the head ``head``.
         sources: several datasets in one run, e.g. one per head:
             ``[{train: a.extxyz, head: mptrj}, {train: b.extxyz, head: omol}]``. Each entry
             takes any ``data`` key but ``sources`` and ``num_workers``; keys it does not give
             come from this section. The training sets are concatenated; a fractional
             ``valid`` is held out of each source; reference energies, shift and scale are
-            fitted per head on that head's training frames.
+            fitted per head on that head's training frames (of every source).
     """
 
     train: str | None = None
@@ -126,6 +133,7 @@ class DataConfig:
     default_charge: int | None = None
     default_spin: int | None = None
     head: str | None = None
+    head_key: str | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -154,6 +162,17 @@ def model_heads(config: Config) -> list[str] | None:
     """``model.hyper.heads`` (the model's level-of-theory heads), or None."""
     heads = config.model.hyper.get("heads")
     return None if heads is None else [str(h) for h in heads]
+
+
+def source_heads(data: DataConfig, heads: list[str] | None) -> list[str | None]:
+    """The heads the frames of one dataset (one of :func:`data_sources`) may have: every head
+    with ``head_key`` (each frame names its own), else ``head`` (None: the first head);
+    ``[None]`` for a model without heads."""
+    if heads is None:
+        return [None]
+    if data.head_key is not None:
+        return list(heads)
+    return [data.head or heads[0]]
 
 
 @dataclass
@@ -517,14 +536,22 @@ def validate(config: Config) -> None:
                 f"{where}.head: unknown head {source.head!r}; the model's heads are "
                 f"{', '.join(heads)} (model.hyper.heads)"
             )
+        if source.head_key is not None and heads is None:
+            raise ConfigError(
+                f"{where}.head_key: {source.head_key!r} given, but the model has no heads; "
+                "list them in model.hyper.heads"
+            )
         if data.sources and not source.train:
             raise ConfigError(f"{where}.train: a training file is required")
         fit = (source.reference_energies, source.isolated_atoms)
-        if fits.setdefault(source.head, fit) != fit:
-            raise ConfigError(
-                f"{where}.reference_energies/isolated_atoms: the sources of head "
-                f"{source.head!r} must agree (the head's reference energies are fitted once)"
-            )
+        for head in source_heads(source, heads):
+            if fits.setdefault(head, fit) != fit:
+                mixed = " (a source with head_key may hold frames of any head)"
+                raise ConfigError(
+                    f"{where}.reference_energies/isolated_atoms: the sources of head "
+                    f"{head!r} must agree (the head's reference energies are fitted once)"
+                    + (mixed if source.head_key is not None else "")
+                )
     if config.model.cutoff <= 0:
         raise ConfigError(f"model.cutoff: must be > 0 Å, got {config.model.cutoff}")
     positive = {

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                          "positive, Voigt xx yy zz xy yz zx")  # fmt: skip
     convert.add_argument("--group-key", default="mp_id", help="info key of the group id")
     convert.add_argument("--frame-id-key", help="info key of the frame id")
+    convert.add_argument("--head-key", default="head",
+                         help="info key of the frame's level-of-theory head name, kept per "
+                         "frame for data.head_key (default head)")  # fmt: skip
     convert.add_argument(
         "--require",
         default="energy,forces",
@@ -87,6 +90,7 @@ def _convert(args: argparse.Namespace) -> int:
         stress_convention=args.stress_convention,
         group_key=args.group_key or None,
         frame_id_key=args.frame_id_key,
+        head_key=args.head_key or None,
     )
     required = tuple(x for x in args.require.split(",") if x)
 

@@ -8,7 +8,8 @@ without that term: a warning with the count. Least-squares reference energies fi
 independent compositions than elements get a warning (:func:`warn_reference_fit`, from the
 training statistics, so raw files and stores alike). A model with ``model.hyper.charge_spin``
 needs a possible total charge and spin multiplicity on every frame it sees
-(:func:`check_charge_spin`).
+(:func:`check_charge_spin`). With ``data.head_key`` every frame needs a head of the model, named
+in the file or given by ``data.head`` (:func:`frame_heads`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mlip import AtomicGraph
 from mlip.electronic import check_multiplicity
 from training.config import Config, DataConfig
 from training.data.datasets import GraphDataset
-from training.data.frames import InvalidFrameError
+from training.data.frames import Frame, InvalidFrameError
 from training.data.statistics import Statistics
 from training.data.store import Store
 from training.errors import DataError
@@ -31,6 +32,7 @@ __all__ = [
     "check_charge_spin",
     "check_training_set",
     "check_weighted_labels",
+    "frame_heads",
     "warn_reference_fit",
 ]
 
@@ -117,13 +119,19 @@ def _state_columns(dataset: GraphDataset) -> tuple[np.ndarray, ...]:
 def _frame_error(
     dataset: GraphDataset, position: int, field: str, reason: str, detail: str
 ) -> InvalidFrameError:
-    """The :class:`InvalidFrameError` of the dataset's frame ``position``: a store names
-    itself and its frame index, a file its frame id (its index in the file)."""
+    """The :class:`InvalidFrameError` of the dataset's frame ``position``."""
     index = int(dataset.indices[position])
-    frame = dataset.source[index]
-    if isinstance(dataset.source, Store):
-        path = str(dataset.source.path)
-        return InvalidFrameError(path, index, frame.frame_id, field, reason, detail)
+    return _source_frame_error(dataset.source, index, field, reason, detail)
+
+
+def _source_frame_error(
+    source: Store | Sequence[Frame], index: int, field: str, reason: str, detail: str
+) -> InvalidFrameError:
+    """The :class:`InvalidFrameError` of frame ``index`` of ``source``: a store names itself
+    and its frame index, a file its frame id (its index in the file)."""
+    frame = source[index]
+    if isinstance(source, Store):
+        return InvalidFrameError(str(source.path), index, frame.frame_id, field, reason, detail)
     # an ASE file's frames are identified by their index in it (unless data.frame_id_key)
     from training.data.readers import detect_format
 
@@ -131,6 +139,46 @@ def _frame_error(
     in_file = int(frame.frame_id) if by_index else None
     frame_id = "" if by_index else frame.frame_id
     return InvalidFrameError(frame.source, in_file, frame_id, field, reason, detail)
+
+
+def frame_heads(
+    source: Store | Sequence[Frame], n_frames: int, data: DataConfig, heads: Sequence[str]
+) -> np.ndarray:
+    """(n_frames,) int64 index in ``heads`` of the head of each of the first ``n_frames``
+    frames of ``source``: the head its file names (``data.head_key``, kept by a store as its
+    ``head_name`` column), else ``data.head``.
+
+    Raises:
+        InvalidFrameError: naming the file, the frame and the key, for a frame without a head
+            name when ``data.head`` is None, or with a name not in ``heads`` (also listed).
+    """
+    if isinstance(source, Store):
+        names = source.strings("head_name")[:n_frames]
+    else:
+        names = [source[i].head_name for i in range(n_frames)]
+    lookup = {name: i for i, name in enumerate(heads)}
+    missing, unknown = -1, -2
+    default = missing if data.head is None else lookup[data.head]
+    found = np.array(
+        [lookup.get(str(name), unknown) if name else default for name in names], dtype=np.int64
+    )
+    bad = found < 0
+    if not bad.any():
+        return found
+    index = int(np.argmax(bad))
+    if found[index] == unknown:
+        detail = f"the model's heads are {', '.join(heads)}; model.hyper.heads"
+        reason = f"unknown head {str(names[index])!r}"
+        raise _source_frame_error(source, index, data.head_key, reason, detail)
+    if isinstance(source, Store):
+        where = (
+            "the store keeps no head name for it (`mlip-data convert --head-key KEY` keeps "
+            "the names under info key KEY, default 'head')"
+        )
+    else:
+        where = f"the frame has no {data.head_key!r} in its info"
+    detail = f"{where}; set data.head to give such frames a head"
+    raise _source_frame_error(source, index, data.head_key, "missing head", detail)
 
 
 def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import load_checkpoint
-from training.config import Config, data_sources, model_heads
+from training.config import Config, data_sources, model_heads, source_heads
 
 if TYPE_CHECKING:
     from training.data.prepare import TrainingData
@@ -70,8 +70,8 @@ def fit_statistics(
     sources = data_sources(config.data)
 
     def fitted(statistics: Any, head: str | None) -> dict[str, Any]:
-        heads = model_heads(config) or [None]
-        source = next((s for s in sources if (s.head or heads[0]) == head), sources[0])
+        heads = model_heads(config)
+        source = next((s for s in sources if head in source_heads(s, heads)), sources[0])
         values = statistics.for_model(source.reference_energies, species, source.isolated_atoms)
         return {"reference_energies": values["reference_energies"]} if references_only else values
 

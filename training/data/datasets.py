@@ -80,6 +80,8 @@ class GraphDataset(Dataset):
         name: a label for logs and metadata.
         values: data fields every frame takes (e.g. ``{"head": 1}``), replacing its own.
         defaults: data fields a frame takes when it has none (e.g. ``{"charge": 0}``).
+        frame_values: data fields each frame takes, one value per frame of ``indices`` (e.g.
+            ``{"head": np.array([0, 1, 1])}``), replacing its own.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class GraphDataset(Dataset):
         name: str = "",
         values: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
+        frame_values: Mapping[str, np.ndarray | Sequence[Any]] | None = None,
     ) -> None:
         if isinstance(source, (str, os.PathLike)):
             source = Store(source)
@@ -107,6 +110,12 @@ class GraphDataset(Dataset):
         self._n_edges: np.ndarray | None = None
         self.values = dict(values or {})
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
+        self.frame_values = {k: np.asarray(v) for k, v in (frame_values or {}).items()}
+        for key, column in self.frame_values.items():
+            if len(column) != len(self.indices):
+                raise ValueError(
+                    f"frame_values[{key!r}]: {len(column)} values for {len(self.indices)} frames"
+                )
         self._graphs: list[AtomicGraph] | None = None
 
     def __len__(self) -> int:
@@ -133,12 +142,13 @@ class GraphDataset(Dataset):
 
     def frame(self, index: int) -> Frame:
         """The :class:`~training.data.frames.Frame` ``index`` (no neighbour list), with
-        ``values`` and ``defaults`` applied."""
+        ``values``, ``frame_values`` and ``defaults`` applied."""
         frame = self.source[int(self.indices[index])]
-        if not (self.values or self.defaults):
+        if not (self.values or self.defaults or self.frame_values):
             return frame
         filled = {k: v for k, v in self.defaults.items() if frame.value(k) is None}
-        return frame.with_values(**filled, **self.values)
+        own = {k: column[index] for k, column in self.frame_values.items()}
+        return frame.with_values(**{**filled, **own, **self.values})
 
     def close(self) -> None:
         """Close a store's file handle (DataLoader workers open their own)."""

@@ -138,6 +138,9 @@ class Frame:
         source: the file the frame was read from.
         frame_id: the frame's id within its source (MPTrj ``task-calc-step``; else the index).
         group_id: the group the frame belongs to (MPTrj ``mp_id``), or "".
+        head_name: the level-of-theory head the file names for the frame (``atoms.info`` key
+            ``ReaderOptions.head_key``, e.g. ``omol``), or "". Training maps it to the
+            graph-level ``head`` index (``data.head_key``).
         extra: values of any other :data:`FRAME_FIELDS` (e.g. a graph-level ``head``), by name;
             shapes and dtypes as :data:`mlip.keys.FIELDS` describes them.
     """
@@ -154,6 +157,7 @@ class Frame:
     source: str = ""
     frame_id: str = ""
     group_id: str = ""
+    head_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def value(self, name: str) -> Any:
@@ -265,6 +269,7 @@ class Frame:
             source=str(self.source),
             frame_id=str(self.frame_id),
             group_id=str(self.group_id),
+            head_name=str(self.head_name),
             **{k: v for k, v in labels.items() if k in _NAMED},
             extra={k: v for k, v in labels.items() if k not in _NAMED and v is not None},
         )

@@ -7,7 +7,10 @@ with :func:`training.data.statistics.compute_statistics`, so the same frames giv
 split, statistics and batches either way.
 
 Several ``data.sources`` (e.g. one per level-of-theory head) each go that way with their own
-keys, split and head; their datasets are concatenated and their statistics kept per head.
+keys, split and head; their datasets are concatenated and their statistics kept per head. With
+``data.head_key`` each frame names its own head: a source's training frames are grouped by head
+and measured per group, so a head's statistics are those of its frames, whichever file or
+source they come from.
 
 Under torchrun only rank 0 writes the store's caches (split, edge counts, statistics); the
 other ranks wait for it and then only read.
@@ -35,7 +38,12 @@ from training.data.datasets import (
 from training.data.statistics import Statistics, compute_statistics
 from training.data.store import Store, is_store
 from training.errors import DataError
-from training.label_checks import check_charge_spin, check_training_set, warn_reference_fit
+from training.label_checks import (
+    check_charge_spin,
+    check_training_set,
+    frame_heads,
+    warn_reference_fit,
+)
 
 __all__ = ["TrainingData", "make_loaders", "num_workers", "open_source", "prepare_data"]
 
@@ -85,6 +93,7 @@ def open_source(
             max_stress=data.max_stress,
             charge_key=data.charge_key,
             spin_key=data.spin_key,
+            head_key=data.head_key,
         )
         source = read_frames(
             path,
@@ -128,13 +137,19 @@ def prepare_data(config: Config, info: distributed.DistInfo) -> TrainingData:
 
 @dataclass
 class _SourceData:
-    """The datasets and training statistics of one ``data.sources`` entry."""
+    """The datasets and training statistics of one ``data.sources`` entry.
+
+    Attributes:
+        statistics: of all its training frames.
+        head_statistics: for a model with heads, of its training frames of each head (heads
+            without frames absent).
+    """
 
     train: GraphDataset
     valid: GraphDataset | None
     test: GraphDataset | None
     statistics: Statistics
-    head: str | None
+    head_statistics: dict[str, Statistics]
 
 
 def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceData:
@@ -145,36 +160,66 @@ def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceDat
         raise ValueError("data.train: a training file is required")
     heads = model_heads(config)
     options: dict = {}
-    if data.head is not None:  # validated against model.hyper.heads
+    if data.head is not None and data.head_key is None:  # validated against model.hyper.heads
         options["values"] = {keys.HEAD: heads.index(data.head)}
     charge_spin = bool(config.model.hyper.get("charge_spin", False))
     if charge_spin:
         options["defaults"] = {keys.CHARGE: data.default_charge, keys.SPIN: data.default_spin}
+
+    def dataset(
+        source: Store | list, indices: np.ndarray, name: str, head_of: np.ndarray | None
+    ) -> GraphDataset:
+        """The frames ``indices`` of ``source``; ``head_of``: the head index of each frame of
+        ``source`` (``data.head_key``), or None."""
+        per_frame = None if head_of is None else {keys.HEAD: head_of[indices]}
+        return GraphDataset(source, cutoff, indices, name, frame_values=per_frame, **options)
+
+    def heads_of(source: Store | list, indices: np.ndarray) -> np.ndarray | None:
+        if data.head_key is None:
+            return None
+        return frame_heads(source, len(indices), data, heads)  # validated: heads is set
+
     source, indices = open_source(data.train, config, data)
+    head_of = heads_of(source, indices)
     if isinstance(data.valid, str):
         valid_source, valid_indices = open_source(data.valid, config, data)
-        valid = GraphDataset(valid_source, cutoff, valid_indices, f"{data.valid}", **options)
+        valid_heads = heads_of(valid_source, valid_indices)
+        valid = dataset(valid_source, valid_indices, f"{data.valid}", valid_heads)
     else:
         split = training_split(source, len(indices), data.valid, config.train.seed, write=write)
-        name = f"{data.train} (valid split)"
-        valid = GraphDataset(source, cutoff, split["valid"], name, **options)
+        valid = dataset(source, split["valid"], f"{data.train} (valid split)", head_of)
         indices = split["train"]
-    train = GraphDataset(source, cutoff, indices, data.train, **options)
+    train = dataset(source, indices, data.train, head_of)
     if isinstance(source, list):  # frames in memory: labels and compositions at hand
         check_training_set([source[i] for i in indices], config, str(data.train))
     test = None
     if data.test:
         test_source, test_indices = open_source(data.test, config, data)
-        test = GraphDataset(test_source, cutoff, test_indices, data.test, **options)
+        test_heads = heads_of(test_source, test_indices)
+        test = dataset(test_source, test_indices, data.test, test_heads)
     if charge_spin:
         for part in (train, valid, test):
             if part is not None:
                 check_charge_spin(part, data)
-    statistics = compute_statistics(
-        source, cutoff=cutoff, indices=indices, num_workers=workers, write_cache=write
-    )
-    warn_reference_fit(statistics, config, str(data.train))
-    return _SourceData(train, valid, test, statistics, data.head)
+
+    def measured(chosen: np.ndarray, name: str) -> Statistics:
+        statistics = compute_statistics(
+            source, cutoff=cutoff, indices=chosen, num_workers=workers, write_cache=write
+        )
+        warn_reference_fit(statistics, config, name)
+        return statistics
+
+    if head_of is None:
+        statistics = measured(indices, str(data.train))
+        head_statistics = {} if heads is None else {data.head or heads[0]: statistics}
+    else:  # each head's training frames on their own
+        head_statistics = {}
+        for number, name in enumerate(heads):
+            chosen = indices[head_of[indices] == number]
+            if chosen.size:
+                head_statistics[name] = measured(chosen, f"{data.train} (head {name})")
+        statistics = Statistics.combined(list(head_statistics.values()))
+    return _SourceData(train, valid, test, statistics, head_statistics)
 
 
 def _joined(parts: list[GraphDataset | None]) -> Dataset | None:
@@ -195,7 +240,7 @@ def _prepare(config: Config, write: bool) -> TrainingData:
     head_statistics: dict[str, Statistics] = {}
     if heads is not None:
         for name in heads:
-            parts = [s.statistics for s in sources if (s.head or heads[0]) == name]
+            parts = [s.head_statistics[name] for s in sources if name in s.head_statistics]
             if parts:
                 head_statistics[name] = Statistics.combined(parts)
         missing = [name for name in heads if name not in head_statistics]

@@ -73,6 +73,8 @@ class ReaderOptions:
         group_key: ``info`` / db key of the group id (e.g. ``"mp_id"``); "" when absent.
         frame_id_key: ``info`` / db key of the frame id; None: the index in the file (for db
             files, the row id).
+        head_key: ``info`` / db key (MPTrj: frame field) of the frame's level-of-theory head
+            name (``Frame.head_name``); "" when absent. None: not read.
     """
 
     energy_key: str | None = None
@@ -86,6 +88,7 @@ class ReaderOptions:
     spin_key: str = "spin"
     group_key: str | None = "mp_id"
     frame_id_key: str | None = None
+    head_key: str | None = "head"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict, for storing with a converted dataset."""
@@ -289,8 +292,16 @@ def _frame_from_atoms(
         source=source,
         frame_id=frame_id,
         group_id=group_id,
+        head_name=_head_name(info, options),
         **labels,
     )
+
+
+def _head_name(record: dict[str, Any], options: ReaderOptions) -> str:
+    """The head name under ``options.head_key`` in ``record`` (info, db data, MPTrj frame)."""
+    if options.head_key is None or record.get(options.head_key) is None:
+        return ""
+    return str(record[options.head_key])
 
 
 def _iter_ase_file(
@@ -541,6 +552,7 @@ def _mptrj_frame(
         source=source,
         frame_id=str(frame_id),
         group_id=str(record.get("mp_id") or group),
+        head_name=_head_name(record, options),
     )
 
 

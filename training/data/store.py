@@ -9,7 +9,9 @@ Layout (one HDF5 file, every array chunked, compressed and resizable)::
     /cell            (n_frames, 3, 3) f8  Å, rows are lattice vectors; NaN: no cell
     /pbc             (n_frames, 3) bool
     /source_index    (n_frames,) i4  row of /sources
-    /frame_id, /group_id  (n_frames,) variable-length UTF-8 strings
+    /frame_id, /group_id, /head_name  (n_frames,) variable-length UTF-8 strings (the head
+                     name is "" when the input had none; a store written before head names
+                     were kept has no /head_name and reads as "")
     /sources         (n_sources,) variable-length UTF-8 strings (input file paths)
     one dataset per data field (:data:`training.data.frames.FRAME_FIELDS`, read from
     :data:`mlip.keys.FIELDS`): per atom for node fields, per frame for graph fields, with the
@@ -108,7 +110,10 @@ _PER_FRAME: dict[str, tuple[Any, tuple[int, ...]]] = {
     "source_index": (np.int32, ()),
     "frame_id": (_STR, ()),
     "group_id": (_STR, ()),
+    "head_name": (_STR, ()),
 }
+_STRINGS = ("frame_id", "group_id", "head_name")
+"""The per-frame string columns (:meth:`Store.strings`)."""
 
 
 def is_store(path: str | os.PathLike) -> bool:
@@ -155,6 +160,7 @@ def _frame_arrays(frames: Sequence[Frame], source_index: Sequence[int]) -> dict[
         "source_index": np.asarray(source_index, dtype=np.int32),
         "frame_id": np.array([f.frame_id for f in frames], dtype=object),
         "group_id": np.array([f.group_id for f in frames], dtype=object),
+        "head_name": np.array([f.head_name for f in frames], dtype=object),
     }
     for i, frame in enumerate(frames):
         if frame.cell is not None:
@@ -535,6 +541,7 @@ class Store:
             self.skipped = json.loads(attrs.get("skipped", "{}"))
             # data fields this store has (an older store may lack a newer field)
             self.fields = tuple(name for name in FRAME_FIELDS if name in file)
+            self.has_head_names = "head_name" in file
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._datasets: dict[str, Any] = {}
@@ -606,6 +613,7 @@ class Store:
             source=self.sources[int(read("source_index")[index])],
             frame_id=str(read("frame_id")[index]),
             group_id=str(read("group_id")[index]),
+            head_name=str(read("head_name")[index]) if self.has_head_names else "",
         ).with_values(**values)
 
     @contextlib.contextmanager
@@ -620,9 +628,12 @@ class Store:
             yield file
 
     def strings(self, name: str) -> np.ndarray:
-        """All values of a per-frame string column (``"frame_id"`` or ``"group_id"``)."""
-        if name not in ("frame_id", "group_id"):
+        """All values of a per-frame string column (``"frame_id"``, ``"group_id"`` or
+        ``"head_name"``; "" for each frame of a store without head names)."""
+        if name not in _STRINGS:
             raise ValueError(f"not a string column: {name!r}")
+        if name == "head_name" and not self.has_head_names:
+            return np.full(len(self), "", dtype=object)
         dataset = self.file[name].asstr()
         parts = [
             np.asarray(dataset[i : i + 65536], dtype=object) for i in range(0, len(self), 65536)
