@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -165,6 +166,11 @@ class MLIPCalculator(Calculator):
         self.dtype = model_dtype
         self._neighbors = _SkinNeighborList(self.cutoff, skin)
         self.inputs = [str(name) for name in metadata.get("inputs", [])]
+        # charges and multiplicities of the training frames: others get an untrained embedding
+        self.trained_states: dict[str, list[int]] = (metadata.get("info") or {}).get(
+            "trained_states"
+        ) or {}
+        self._warned_states: set[tuple[str, int]] = set()
         self.heads = [str(name) for name in metadata.get("heads", [])]
         if head is not None and head not in self.heads:
             raise ValueError(
@@ -201,11 +207,28 @@ class MLIPCalculator(Calculator):
         if keys.CHARGE in self.inputs or keys.SPIN in self.inputs:
             periodic = bool(atoms.pbc.all())
             charge, spin = charge_and_spin(atoms.numbers, atoms.info, periodic=periodic)
+            self._warn_untrained_state(charge, spin)
             fields[keys.CHARGE] = torch.tensor([float(charge)], dtype=torch.float64)
             fields[keys.SPIN] = torch.tensor([float(spin)], dtype=torch.float64)
         if self.head is not None:
             fields[keys.HEAD] = torch.tensor([self.heads.index(self.head)], dtype=torch.int64)
         return fields
+
+    def _warn_untrained_state(self, charge: int, spin: int) -> None:
+        """Warn once per value when a total charge or multiplicity is none of the training
+        frames' (metadata info ``trained_states``): its embedding row was never trained."""
+        for name, value in (("charge", charge), ("spin", spin)):
+            seen = self.trained_states.get(name)
+            if seen is None or value in seen or (name, value) in self._warned_states:
+                continue
+            self._warned_states.add((name, value))
+            what = "total charge" if name == "charge" else "spin multiplicity"
+            warnings.warn(
+                f"{what} {value} was never seen in training (seen: "
+                f"{', '.join(str(v) for v in seen)}); the model's {name} embedding for it is "
+                "untrained and its predictions are not to be trusted",
+                stacklevel=4,
+            )
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's checks, plus a change of ``info["charge"]``/``["spin"]`` for models using them."""

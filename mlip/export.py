@@ -81,6 +81,18 @@ def _interactions(energy_model: torch.nn.Module) -> int | None:
     return int(getattr(energy_model, "config", {}).get("num_layers", 1))
 
 
+def _input_ranges(energy_model: torch.nn.Module) -> dict[str, list[int]]:
+    """``{"charge": [low, high], "spin": [1, high]}``: the integer states the model's tables
+    cover (a value outside is refused), for a model with charge/spin inputs; else empty."""
+    state = getattr(energy_model, "graph_state", None)
+    if state is None or not getattr(state, "charge_spin", False):
+        return {}
+    return {
+        "charge": [-int(state.max_charge), int(state.max_charge)],
+        "spin": [1, int(state.max_multiplicity)],
+    }
+
+
 def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
     """The JSON record stored beside the scripted model."""
     energy_model = _energy_model(model)
@@ -107,6 +119,7 @@ def build_metadata(model: torch.nn.Module, **info: Any) -> dict[str, Any]:
         },
         "outputs": ["energy", "energies", "forces", "stress"],
         "inputs": [str(name) for name in getattr(energy_model, "required_inputs", [])],
+        "input_ranges": _input_ranges(energy_model),
         "heads": [str(name) for name in getattr(energy_model, "heads", [])],
         "stress_convention": (
             "stress = (1/V) dE/d(strain), ASE sign (positive = tensile); "

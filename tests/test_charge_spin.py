@@ -205,6 +205,11 @@ def test_omol25_road_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert export_cli.main(["run/checkpoint.pt", "-o", "omol.pt"]) == 0
     metadata = load("omol.pt")[1]
     assert metadata["inputs"] == ["charge", "spin"]
+    assert metadata["input_ranges"] == {"charge": [-10, 10], "spin": [1, 11]}
+    trained = metadata["info"]["trained_states"]  # the states of the training split
+    assert set(trained["charge"]) <= {int(a.info["charge"]) for a in frames}
+    assert set(trained["spin"]) <= {int(a.info["spin"]) for a in frames}
+    assert len(trained["charge"]) > 1 and len(trained["spin"]) > 1
 
     # calculator on the rows as OMol25 users read them: charge and spin from the row data
     rows = read_frames(Path("omol.aselmdb"))
@@ -225,3 +230,11 @@ def test_omol25_road_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     geometry = [(a.info["config_type"], a.info["geometry"]) for a in frames]
     same = [i for i in range(1, 40) if geometry[i] == geometry[0]]
     assert same and all(abs(predicted[i] - predicted[0]) > 1e-6 for i in same)
+
+    # a charge no training frame had: predicted, with a warning that its embedding is untrained
+    dication = frames[0].copy()  # H2O2+: 8 electrons, singlet
+    dication.info = {"charge": 2, "spin": 1}
+    dication.calc = calc
+    assert 2 not in trained["charge"]
+    with pytest.warns(UserWarning, match=r"total charge 2 was never seen in training \(seen: "):
+        dication.get_potential_energy()

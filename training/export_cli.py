@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics if history else {},
         len(history),
         weights=args.weights,
+        trained_states=(checkpoint.get("statistics") or {}).get("trained_states"),
     )
     print(f"wrote {args.output}")
     return 0

@@ -181,9 +181,13 @@ def frame_heads(
     raise _source_frame_error(source, index, data.head_key, "missing head", detail)
 
 
-def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> None:
+def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> dict[str, list[int]]:
     """Refuse a frame of ``dataset`` without a total charge or multiplicity (unless
     ``data.default_charge``/``default_spin`` fill it in) or with an impossible multiplicity.
+
+    Returns:
+        The states the frames hold, defaults applied: ``{"charge": [...], "spin": [...]}``,
+        sorted distinct integers (e, multiplicity).
 
     Raises:
         InvalidFrameError: naming the file, the frame and the field (for an impossible
@@ -220,3 +224,7 @@ def check_charge_spin(dataset: GraphDataset, data: DataConfig) -> None:
         except ValueError as error:
             detail = str(error)
         raise _frame_error(dataset, position, "spin", "impossible multiplicity", detail)
+    return {
+        "charge": sorted({int(value) for value in charge}),
+        "spin": sorted({int(value) for value in spin}),
+    }

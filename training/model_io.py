@@ -107,9 +107,11 @@ def initial_model(
         statistics: dict[str, Any] = {}
         if config.finetune.refit_references:
             statistics = fit_statistics(model, config, data, references_only=True)
-        return model, statistics, model_config(model, config)
-    model = build_energy_model(config, data.species)
-    statistics = fit_statistics(model, config, data)
+    else:
+        model = build_energy_model(config, data.species)
+        statistics = fit_statistics(model, config, data)
+    if data.states:  # exported as metadata info "trained_states" (the calculator warns)
+        statistics["trained_states"] = data.states
     return model, statistics, model_config(model, config)
 
 
@@ -168,10 +170,13 @@ def export_model(
 ) -> None:
     """Write a trained energy model as one TorchScript file (:func:`mlip.export.save`) with its
     dataset paths, metrics, ``model_config`` (for :func:`load_pretrained`), the training
-    configuration and the number of epochs in the metadata; ``info`` adds entries."""
+    configuration and the number of epochs in the metadata; ``info`` adds entries (None values
+    are left out), e.g. ``trained_states``: the total charges and multiplicities of the training
+    frames, ``{"charge": [...], "spin": [...]}``, which the calculator warns outside of."""
     import mlip.export
 
     data = training_config.get("data", {})
+    info = {k: v for k, v in info.items() if v is not None}
     dataset = {part: data.get(part) for part in ("train", "valid", "test")}
     if data.get("sources"):  # several sources: each part lists them (source order)
         dataset = {

@@ -379,6 +379,15 @@ class Trainer:
         result["wall_time_s"] = self.elapsed()
         metrics = {k: v for k, v in result.items() if k in ("valid", "test")}
         path, epochs = self.output_dir / MODEL_NAME, len(self.history)
-        export_model(final, path, self.model_config, config_to_dict(config), metrics, epochs)
+        states = self.statistics.get("trained_states")
+        export_model(
+            final,
+            path,
+            self.model_config,
+            config_to_dict(config),
+            metrics,
+            epochs,
+            trained_states=states,
+        )
         result["model"] = str(self.output_dir / MODEL_NAME)
         return result

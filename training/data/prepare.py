@@ -19,7 +19,7 @@ other ranks wait for it and then only read.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -60,6 +60,8 @@ class TrainingData:
     Attributes:
         head_statistics: for a model with heads, the statistics of each head's training frames
             (frames without a head belong to the first head); heads without frames are absent.
+        states: for a charge/spin model, the distinct total charges (e) and multiplicities of
+            the training frames, ``{"charge": [...], "spin": [...]}``; else empty.
     """
 
     train: Dataset
@@ -68,6 +70,7 @@ class TrainingData:
     statistics: Statistics
     species: list[int]
     head_statistics: dict[str, Statistics]
+    states: dict[str, list[int]] = field(default_factory=dict)
 
 
 def open_source(
@@ -143,6 +146,8 @@ class _SourceData:
         statistics: of all its training frames.
         head_statistics: for a model with heads, of its training frames of each head (heads
             without frames absent).
+        states: for a charge/spin model, the total charges and multiplicities of its training
+            frames (:func:`check_charge_spin`); else empty.
     """
 
     train: GraphDataset
@@ -150,6 +155,7 @@ class _SourceData:
     test: GraphDataset | None
     statistics: Statistics
     head_statistics: dict[str, Statistics]
+    states: dict[str, list[int]]
 
 
 def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceData:
@@ -197,10 +203,12 @@ def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceDat
         test_source, test_indices = open_source(data.test, config, data)
         test_heads = heads_of(test_source, test_indices)
         test = dataset(test_source, test_indices, data.test, test_heads)
+    states: dict[str, list[int]] = {}
     if charge_spin:
         for part in (train, valid, test):
             if part is not None:
-                check_charge_spin(part, data)
+                found = check_charge_spin(part, data)
+                states = found if part is train else states
 
     def measured(chosen: np.ndarray, name: str) -> Statistics:
         statistics = compute_statistics(
@@ -219,7 +227,7 @@ def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceDat
             if chosen.size:
                 head_statistics[name] = measured(chosen, f"{data.train} (head {name})")
         statistics = Statistics.combined(list(head_statistics.values()))
-    return _SourceData(train, valid, test, statistics, head_statistics)
+    return _SourceData(train, valid, test, statistics, head_statistics, states)
 
 
 def _joined(parts: list[GraphDataset | None]) -> Dataset | None:
@@ -263,7 +271,12 @@ def _prepare(config: Config, write: bool) -> TrainingData:
         if extra:
             log.warning("atomic number(s) %s are not in the training set", sorted(extra))
         species |= extra
-    return TrainingData(train, valid, test, statistics, sorted(species), head_statistics)
+    states = {
+        name: sorted({value for s in sources for value in s.states.get(name, [])})
+        for name in ("charge", "spin")
+        if any(s.states for s in sources)
+    }
+    return TrainingData(train, valid, test, statistics, sorted(species), head_statistics, states)
 
 
 def make_loaders(
