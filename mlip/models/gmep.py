@@ -65,6 +65,9 @@ from mlip.nn.radial import BesselMLPRadial, SplineRadial
 
 __all__ = ["GMEP", "GMEPConfig", "PRESETS", "build_gmep"]
 
+RECEIVER_MIN_NEIGHBORS_VECTOR_INPUT = 30.0
+"""Edges per atom from which layers with l > 0 inputs use the per-receiver GEMM form."""
+
 
 @dataclass
 class GMEPConfig:
@@ -240,6 +243,13 @@ class _Interaction(nn.Module):
         # tensor is formed. Setting it False forces the per-edge form (same result; the tests
         # compare both); it must stay False with the "mlp" radial.
         self.receiver_gemm = not self.species_factorised and cfg.radial == "spline"
+        # With l > 0 inputs the per-receiver form costs a roughly fixed amount per atom and the
+        # per-edge form a fixed amount per edge: it is used from this many edges per atom on
+        # (benchmarks/receiver_forms.py, one CPU thread, `large`: x0.77 at 18 neighbours, x1.59
+        # at 43, x1.96 at 78 against the per-edge form). Scalar inputs: always (0).
+        self.receiver_min_neighbors: float = (
+            0.0 if lmax_in == 0 else RECEIVER_MIN_NEIGHBORS_VECTOR_INPUT
+        )
 
     def _atomic_basis_species(
         self, features: Tensor, n_nodes: int, outer_padded: Tensor, species_slot: Tensor
@@ -387,7 +397,9 @@ class _Interaction(nn.Module):
             atomic_basis = self._atomic_basis_species(
                 features, n_nodes, tables["outer"], tables["species_slot"]
             )
-        elif self.receiver_gemm:
+        elif self.receiver_gemm and (
+            sender.shape[0] >= self.receiver_min_neighbors * features.shape[1]
+        ):
             atomic_basis = self._atomic_basis_receiver_gemm(
                 features, tables["outer"], tables["sender"], max_neighbors, n_nodes
             )
