@@ -56,7 +56,7 @@ def write_splits(folder: Path) -> dict[str, tuple[Path, Path]]:
     return paths
 
 
-def run_config(sources: list[dict], hyper: dict, output: Path, args: argparse.Namespace):
+def run_config(sources: list[dict], hyper: dict, output: Path, args: argparse.Namespace, seed: int):
     from training.config import config_from_dict
 
     return config_from_dict(
@@ -72,7 +72,7 @@ def run_config(sources: list[dict], hyper: dict, output: Path, args: argparse.Na
                 "lr": args.lr,
                 "num_threads": args.threads,
                 "progress_bar": False,
-                "seed": 0,
+                "seed": seed,
             },
             "loss": {"energy_weight": 1.0, "forces_weight": 10.0},
             "output_dir": str(output),
@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="train.seed of each repetition"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "two_heads")
     args = parser.parse_args()
     if not MPTRJ.is_file():
@@ -126,27 +129,41 @@ def main() -> None:
         "omol_only": ([omol], {"charge_spin": True}, {"omol": None}),
     }
     rows = []
-    for name, (sources, hyper, tested) in runs.items():
-        start = time.perf_counter()
-        result = train(run_config(sources, hyper, args.out / name, args))
-        seconds = time.perf_counter() - start
-        summary = json.loads((args.out / name / "summary.json").read_text())
-        for test_set, head in tested.items():
-            errors = test_errors(result["model"], paths[test_set][1], head)
-            rows.append({"run": name, "test_set": test_set, "train_s": seconds, **errors})
-            rows[-1]["structures_seen"] = summary.get("throughput", {}).get("structures")
+    for seed in args.seeds:
+        for name, (sources, hyper, tested) in runs.items():
+            output = args.out / f"{name}_seed{seed}"
+            start = time.perf_counter()
+            result = train(run_config(sources, hyper, output, args, seed))
+            seconds = time.perf_counter() - start
+            summary = json.loads((output / "summary.json").read_text())
+            for test_set, head in tested.items():
+                errors = test_errors(result["model"], paths[test_set][1], head)
+                row = {"run": name, "test_set": test_set, "seed": seed, "train_s": seconds}
+                rows.append({**row, **errors})
+                rows[-1]["structures_seen"] = summary.get("throughput", {}).get("structures")
     print(
         f"{args.epochs} epochs, {args.channels} channels, batch {args.batch}, "
-        f"{args.threads} thread(s), load {os.getloadavg()[0]:.2f}"
+        f"{args.threads} thread(s), seeds {args.seeds}, load {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"{'run':<12} {'test set':<8} {'E RMSE meV/atom':>16} {'F RMSE meV/Å':>13} {'train s':>8}"
+        f"{'run':<12} {'test set':<8} {'seed':>4} {'E RMSE meV/atom':>16} {'F RMSE meV/Å':>13} "
+        f"{'train s':>8}"
     )
     for row in rows:
         print(
-            f"{row['run']:<12} {row['test_set']:<8} {row['energy_rmse_meV_atom']:>16.1f} "
-            f"{row['forces_rmse_meV_A']:>13.1f} {row['train_s']:>8.1f}"
+            f"{row['run']:<12} {row['test_set']:<8} {row['seed']:>4} "
+            f"{row['energy_rmse_meV_atom']:>16.1f} {row['forces_rmse_meV_A']:>13.1f} "
+            f"{row['train_s']:>8.1f}"
         )
+    print("mean over seeds (min - max):")
+    for name, (_, _, tested) in runs.items():
+        for test_set in tested:
+            chosen = [r for r in rows if r["run"] == name and r["test_set"] == test_set]
+            parts = []
+            for key in ("energy_rmse_meV_atom", "forces_rmse_meV_A"):
+                values = [r[key] for r in chosen]
+                parts.append(f"{np.mean(values):.1f} ({min(values):.1f} - {max(values):.1f})")
+            print(f"{name:<12} {test_set:<8} E {parts[0]}  F {parts[1]}")
     output = ROOT / "benchmarks" / "results" / "two_heads.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "rows": rows}))
