@@ -24,9 +24,14 @@ validation force RMSE up to 15 minutes). Clocks: mlip's curve counts the trainer
 time (data preparation excluded), MACE's counts from process start (imports and data loading
 included, a few seconds).
 
+On 2 shared cores, a timed run next to other work is only clean with a core of its own: pin
+it with ``taskset -c 0`` and ``--threads 1`` and keep everything else on CPU 1 (a 2-thread
+torch job next to anything else slows down up to tenfold: OpenMP spin-waiting).
+
 Usage::
 
-    python benchmarks/accuracy.py --runs acac:medium:60 acac:mace:60 --threads 2
+    taskset -c 0 python benchmarks/accuracy.py --runs acac:medium:60 acac:mace:60 --threads 1
+    python benchmarks/accuracy.py --runs acac:medium:60 acac:mace:60 --threads 2  # quiet machine
     python benchmarks/accuracy.py --runs ethanol:small:15 mlearn_si:small:15
     python benchmarks/accuracy.py --report     # table and PNGs from the stored runs only
 """
