@@ -101,7 +101,9 @@ def _predict(
     structure over the budget chunk by chunk (:mod:`mlip.chunked`, exact).
     """
     on_device = torch.device(device)
-    if chunked is None or not chunked.needs_chunks(graph, on_device):
+    # the first needs_chunks call probes the memory per atom on a single structure
+    too_big = chunked is not None and any(chunked.needs_chunks(g, on_device) for g in singles)
+    if chunked is None or not (too_big or chunked.needs_chunks(graph, on_device)):
         _set_stress(module, use_stress)
         output = {k: v.detach() for k, v in module(graph.to(device).as_dict()).items()}
         if not use_stress:
