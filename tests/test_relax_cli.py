@@ -329,7 +329,7 @@ def test_ctrl_c_keeps_finished_structures(inputs):
     import time
 
     cuau = read(Path(__file__).resolve().parents[1] / "data" / "demo" / "CuAu_rattled.cif")
-    write("many.extxyz", [cuau] * 40)
+    write("many.extxyz", [cuau] * 200)  # far more than can finish before the signal
     script = "import sys; from calculators.relax_cli import main; sys.exit(main(sys.argv[1:]))"
     argv = ["many.extxyz", "--steps", "15", "--fmax", "1e-9", "--summary", "s.csv"]
     argv += ["--summary", "s.json", "--progress-every", "0"]
@@ -352,8 +352,8 @@ def test_ctrl_c_keeps_finished_structures(inputs):
     with open("s.csv") as handle:
         rows = list(csv.DictReader(handle))
     structures = json.loads(Path("s.json").read_text())["structures"]
-    assert 2 <= len(relaxed) == len(rows) == len(structures) < 40
-    assert f"interrupted after {len(rows)} of 40" in lines[0]
+    assert 2 <= len(relaxed) == len(rows) == len(structures) < 200
+    assert f"interrupted after {len(rows)} of 200" in lines[0]
     assert [a.info["source_frame"] for a in relaxed] == list(range(len(rows)))
 
 
