@@ -363,3 +363,70 @@ def test_store_keeps_head_names(tmp_path: Path) -> None:
     with pytest.raises(InvalidFrameError, match=r"mixed.h5: frame 0 .*field 'level'.*--head-key"):
         data = {"train": str(store), "valid": 0.25, "head_key": "level"}
         prepare_data(_config(tmp_path, data, heads=["a", "b"]), DistInfo())
+
+
+def test_head_weights_multiply_each_structures_loss_terms(tmp_path: Path) -> None:
+    """``loss.head_weights``: every term of a structure is multiplied by its head's weight,
+    normalisers unchanged; unknown heads are refused."""
+    from mlip import AtomicGraph
+    from training.loss import LossWeights, batch_counts, weighted_loss
+    from training.trainer import Trainer
+
+    frames = [bulk("Cu", "fcc", a=3.6, cubic=True), bulk("Cu", "fcc", a=3.7, cubic=True)]
+    graphs = []
+    rng = np.random.default_rng(0)
+    for head, atoms in enumerate(frames):
+        atoms.rattle(0.05, seed=head)
+        graph = AtomicGraph.from_atoms(atoms, 3.5, read_labels=False)
+        labels = {
+            "energy": torch.tensor([-3.0 - head], dtype=torch.float64),
+            "forces": torch.from_numpy(rng.normal(size=(4, 3))),
+            "stress": torch.from_numpy(rng.normal(size=(1, 3, 3))) * 0.01,
+            "head": torch.tensor([head]),
+        }
+        graphs.append(graph.with_labels(**labels))
+    batch = AtomicGraph.batch(graphs)
+    predictions = {
+        "energy": batch.energy + torch.tensor([0.4, -0.8], dtype=torch.float64),
+        "forces": batch.forces + torch.from_numpy(rng.normal(size=(8, 3))),
+        "stress": batch.stress + 0.02,
+    }
+    weights, counts = LossWeights(1.0, 10.0, 100.0), batch_counts(batch, use_stress=True)
+    _, plain = weighted_loss(predictions, batch, weights, counts)
+    total, weighted = weighted_loss(
+        predictions, batch, weights, counts, structure_weights=torch.tensor([0.25, 1.0])
+    )
+    # the same terms with only structure 1, and with only structure 0 scaled by 0.25
+    only = {k: v.clone() for k, v in predictions.items()}
+    only["energy"][0], only["forces"][:4], only["stress"][0] = (
+        batch.energy[0],
+        batch.forces[:4],
+        batch.stress[0],
+    )
+    _, second = weighted_loss(only, batch, weights, counts)
+    for name in ("energy", "forces", "stress"):
+        first = plain[name] - second[name]
+        assert float(weighted[name]) == pytest.approx(0.25 * float(first) + float(second[name]))
+    expected = sum(
+        w * float(weighted[n]) for n, w in zip(("energy", "forces", "stress"), (1, 10, 100))
+    )
+    assert float(total) == pytest.approx(expected)
+
+    # the trainer maps graph heads to the configured weights
+    config = _config(
+        tmp_path,
+        {"train": str(_copper(tmp_path / "cu.extxyz", 4, seed=0)), "head": "b"},
+        heads=["a", "b"],
+    )
+    config.loss.head_weights = {"b": 0.5}
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = config
+    assert trainer.structure_weights(batch).tolist() == [1.0, 0.5]
+    with pytest.raises(ConfigError, match="loss.head_weights: unknown head 'c'"):
+        config_from_dict(
+            {
+                "data": {"train": "x.extxyz"},
+                "model": {"hyper": {"heads": ["a", "b"]}},
+                "loss": {"head_weights": {"c": 1.0}},
+            }
+        )

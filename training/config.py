@@ -219,6 +219,9 @@ class LossConfig:
         switch_epoch: from this epoch (0-based) on use the ``switch_*`` weights (e.g. raise the
             energy weight late in training); None = never switch.
         switch_energy_weight, switch_forces_weight, switch_stress_weight: the late weights.
+        head_weights: for a model with heads, a multiplier of every loss term of the structures
+            of each head, e.g. ``{mptrj: 0.1, omol: 1.0}`` (heads not listed: 1); balances
+            levels of theory whose errors differ in size. None: all 1.
     """
 
     type: Literal["mse", "huber"] = "mse"
@@ -230,6 +233,7 @@ class LossConfig:
     switch_energy_weight: float = 10.0
     switch_forces_weight: float = 10.0
     switch_stress_weight: float = 0.0
+    head_weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -519,6 +523,12 @@ def validate(config: Config) -> None:
             "data.train/data.head: give each source's train file and head in data.sources"
         )
     heads = model_heads(config)
+    for head, weight in (config.loss.head_weights or {}).items():
+        if heads is None or head not in heads:
+            known = f"the model's heads are {', '.join(heads)}" if heads else "the model has none"
+            raise ConfigError(f"loss.head_weights: unknown head {head!r}; {known}")
+        if not (isinstance(weight, int | float) and weight >= 0):
+            raise ConfigError(f"loss.head_weights.{head}: must be a number >= 0, got {weight!r}")
     fits: dict[str | None, tuple[Any, Any]] = {}
     for i, source in enumerate(data_sources(data)):
         where = f"data.sources[{i}]" if data.sources else "data"

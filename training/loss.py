@@ -95,6 +95,7 @@ def weighted_loss(
     counts: LossCounts,
     loss_type: str = "mse",
     huber_delta: float = 0.01,
+    structure_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of this rank's share of a batch.
 
@@ -106,6 +107,8 @@ def weighted_loss(
         counts: global normalisers (see module docstring).
         loss_type: ``mse`` or ``huber``.
         huber_delta: Huber transition point.
+        structure_weights: (B,) multipliers of each structure's energy, force and stress
+            terms (e.g. ``loss.head_weights`` by level of theory); None: all 1.
 
     Returns:
         The scalar loss (float64) and its unweighted terms (detached).
@@ -116,12 +119,18 @@ def weighted_loss(
     if weights.energy and graph.energy is not None:
         n_atoms = graph.num_atoms.to(torch.float64)
         error = (predictions["energy"] - graph.energy) / n_atoms
-        term = _rho(error, loss_type, huber_delta).sum() / max(counts.structures, 1.0)
+        rho = _rho(error, loss_type, huber_delta)
+        if structure_weights is not None:
+            rho = rho * structure_weights
+        term = rho.sum() / max(counts.structures, 1.0)
         terms["energy"] = term.detach()
         total = total + weights.energy * term
     if weights.forces and graph.forces is not None and "forces" in predictions:
         error = predictions["forces"] - graph.forces
-        term = _rho(error, loss_type, huber_delta).sum() / max(3.0 * counts.atoms, 1.0)
+        rho = _rho(error, loss_type, huber_delta)
+        if structure_weights is not None:
+            rho = rho * structure_weights.index_select(0, graph.batch).unsqueeze(1)
+        term = rho.sum() / max(3.0 * counts.atoms, 1.0)
         terms["forces"] = term.detach()
         total = total + weights.forces * term
     if (
@@ -131,7 +140,10 @@ def weighted_loss(
         and counts.stress_structures > 0
     ):
         error = predictions["stress"] - graph.stress
-        term = _rho(error, loss_type, huber_delta).sum() / (9.0 * counts.stress_structures)
+        rho = _rho(error, loss_type, huber_delta)
+        if structure_weights is not None:
+            rho = rho * structure_weights.view(-1, 1, 1)
+        term = rho.sum() / (9.0 * counts.stress_structures)
         terms["stress"] = term.detach()
         total = total + weights.stress * term
     return total, terms

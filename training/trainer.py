@@ -32,7 +32,7 @@ from mlip.derivatives import ForceStress
 from training import distributed
 from training.checkpoint import capture_rng_state, read_for_resume, restore_rng_state
 from training.checkpoint import save_checkpoint as write_checkpoint
-from training.config import Config, config_to_dict
+from training.config import Config, config_to_dict, model_heads
 from training.data.datasets import make_loader
 from training.data.prepare import make_loaders, prepare_data
 from training.ema import EMA
@@ -239,6 +239,20 @@ class Trainer:
             self.end_epoch(weights, seconds, waited)
         return stop
 
+    def structure_weights(self, graph: AtomicGraph) -> torch.Tensor | None:
+        """(B,) ``loss.head_weights`` of the batch's structures by head (None: no weights)."""
+        chosen = self.config.loss.head_weights
+        heads = model_heads(self.config)
+        if not chosen or heads is None:
+            return None
+        table = torch.tensor(
+            [float(chosen.get(name, 1.0)) for name in heads], dtype=torch.float64
+        ).to(graph.positions.device)
+        head = graph.head
+        if head is None:  # frames without a head belong to the first head
+            return table[:1].expand(graph.num_graphs)
+        return table.index_select(0, head.reshape(-1).to(torch.int64))
+
     def take_step(self, graph: AtomicGraph | None, weights: LossWeights) -> float:
         """One optimiser step on this rank's share of a global batch; returns its loss."""
         cfg, p, info = self.config.train, self.progress, self.info
@@ -255,7 +269,9 @@ class Trainer:
             graph = graph.to(self.device, non_blocking=True)
             predictions = self.wrappers[step_stress](graph.as_dict())
             loss_type, delta = self.config.loss.type, self.config.loss.huber_delta
-            loss, _ = weighted_loss(predictions, graph, weights, counts, loss_type, delta)
+            loss, _ = weighted_loss(
+                predictions, graph, weights, counts, loss_type, delta, self.structure_weights(graph)
+            )
             auxiliary = getattr(self.model, "auxiliary_loss", None)  # e.g. TransIP's objective
             extra = auxiliary(graph.as_dict()) if auxiliary is not None else None
             if extra is not None:  # a per-rank mean: gradients are summed over ranks
