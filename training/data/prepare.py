@@ -205,10 +205,10 @@ def _prepare_source(data: DataConfig, config: Config, write: bool) -> _SourceDat
         test = dataset(test_source, test_indices, data.test, test_heads)
     states: dict[str, list[int]] = {}
     if charge_spin:
-        for part in (train, valid, test):
+        states = check_charge_spin(train, data)  # the training frames' states are exported
+        for part in (valid, test):
             if part is not None:
-                found = check_charge_spin(part, data)
-                states = found if part is train else states
+                check_charge_spin(part, data)
 
     def measured(chosen: np.ndarray, name: str) -> Statistics:
         statistics = compute_statistics(

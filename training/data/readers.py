@@ -342,12 +342,7 @@ def _row_info(row: Any, atoms: Any) -> dict[str, Any]:
 
 
 def _iter_db_rows(db: Any, source: str, options: ReaderOptions, start: int) -> Iterator:
-    ids = getattr(db, "ids", None)
-    if ids is not None:  # LMDB backend: direct row access by id
-        rows = (db.get(id=row_id) for row_id in list(ids)[start:])
-    else:
-        rows = db.select(offset=start)
-    for index, row in enumerate(rows, start=start):
+    for index, row in enumerate(_db_rows(db, start), start=start):
         try:
             atoms = row.toatoms()
             info = _row_info(row, atoms)
@@ -358,11 +353,12 @@ def _iter_db_rows(db: Any, source: str, options: ReaderOptions, start: int) -> I
             yield InvalidFrameError(source, index, "", "record", "unreadable", str(exc))
 
 
-def _db_rows(db: Any) -> Iterator[Any]:
+def _db_rows(db: Any, start: int = 0) -> Iterator[Any]:
+    """The rows of an ASE database from row ``start`` on, in order."""
     ids = getattr(db, "ids", None)
     if ids is not None:  # LMDB backend: direct row access by id
-        return (db.get(id=row_id) for row_id in list(ids))
-    return db.select()
+        return (db.get(id=row_id) for row_id in list(ids)[start:])
+    return db.select(offset=start)
 
 
 def record_infos(path: str | os.PathLike, format: str | None = None) -> list[dict[str, Any]]:
