@@ -257,7 +257,8 @@ def run_one(key: str, work_root: Path, threads: int, seed: int, mace_venv: Path)
             threads,
             seed,
             config=dataset.config,
-            data_overrides=dataset.mlip_data,
+            # one thread: no DataLoader worker process competing for the run's core
+            data_overrides=dataset.mlip_data + (["data.num_workers=0"] if threads == 1 else []),
         )
         row["curve"] = mlip_curve(row["metrics_csv"])
     row.update(

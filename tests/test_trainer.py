@@ -143,6 +143,10 @@ def test_lr_schedule(schedule: str) -> None:
     if schedule == "cosine":
         assert lr_schedule.lr_at(54) == pytest.approx(0.5)
         assert lr_schedule.lr_at(104) == pytest.approx(0.0, abs=1e-12)
+        # a wall-clock budget half used: the cosine is half way whatever the step
+        assert lr_schedule.lr_at(10, time_share=0.5) == pytest.approx(0.5)
+        assert lr_schedule.lr_at(10, time_share=1.2) == pytest.approx(0.0, abs=1e-12)
+        assert lr_schedule.lr_at(54, time_share=0.1) == pytest.approx(0.5)
     else:
         for loss in (1.0, 2.0, 2.0):
             lr_schedule.epoch_end(loss)
@@ -246,6 +250,47 @@ def test_early_stopping(shared_data: Path, tmp_path: Path) -> None:
     assert result["stop_reason"] == "early_stopping"
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # header, epoch 0 (best), epoch 1 (no improvement) -> stop
+
+
+@pytest.mark.parametrize(
+    ("budget", "switched_at"), [({"max_epochs": 4}, 2), ({"max_epochs": 4, "max_time": 0.0}, 0)]
+)
+def test_loss_switch_at_a_fraction_of_the_budget(
+    shared_data: Path, tmp_path: Path, budget: dict, switched_at: int
+) -> None:
+    """``switch_fraction`` 0.5 of 4 epochs switches at epoch 2; of a spent time budget at once,
+    and the validation criterion then uses the late weights."""
+    config = tiny_config(
+        shared_data / "tiny" / "acac_test300K_first20.xyz",
+        tmp_path / "run",
+        train=budget,
+        loss={
+            "energy_weight": 1.0,
+            "forces_weight": 10.0,
+            "switch_fraction": 0.5,
+            "switch_energy_weight": 1000.0,
+            "switch_forces_weight": 1.0,
+        },
+    )
+    train(config)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["progress"]["switched_epoch"] == switched_at
+    for row in checkpoint["history"]:
+        late = row["epoch"] >= switched_at
+        weights = (1000.0, 1.0) if late else (1.0, 10.0)
+        expected = (
+            weights[0] * row["valid_energy_rmse"] ** 2 + weights[1] * row["valid_forces_rmse"] ** 2
+        )
+        assert row["valid_loss"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_switch_epoch_and_fraction_exclusive(tmp_path: Path) -> None:
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="switch_fraction"):
+        tiny_config(tmp_path / "x.xyz", tmp_path, loss={"switch_epoch": 2, "switch_fraction": 0.5})
+    with pytest.raises(ConfigError, match="switch_fraction must be in"):
+        tiny_config(tmp_path / "x.xyz", tmp_path, loss={"switch_fraction": 1.5})
 
 
 def test_stress_and_max_time(shared_data: Path, tmp_path: Path) -> None:

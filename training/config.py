@@ -218,6 +218,11 @@ class LossConfig:
         energy_weight, forces_weight, stress_weight: weights of the three terms.
         switch_epoch: from this epoch (0-based) on use the ``switch_*`` weights (e.g. raise the
             energy weight late in training); None = never switch.
+        switch_fraction: instead of ``switch_epoch``: switch at the first epoch that starts
+            after this fraction (0-1] of the run's budget is used, the budget being
+            ``train.max_epochs`` and, where set, ``train.max_steps`` and ``train.max_time``
+            (the most used of them counts). With 200 epochs, 0.75 is epoch 150; under a
+            ``max_time`` budget the switch moves with the machine's speed.
         switch_energy_weight, switch_forces_weight, switch_stress_weight: the late weights.
         head_weights: for a model with heads, a multiplier of every loss term of the structures
             of each head, e.g. ``{mptrj: 0.1, omol: 1.0}`` (heads not listed: 1); balances
@@ -230,6 +235,7 @@ class LossConfig:
     forces_weight: float = 10.0
     stress_weight: float = 0.0
     switch_epoch: int | None = None
+    switch_fraction: float | None = None
     switch_energy_weight: float = 10.0
     switch_forces_weight: float = 10.0
     switch_stress_weight: float = 0.0
@@ -253,7 +259,9 @@ class TrainConfig:
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up from 0 to ``lr`` over this many optimiser steps.
-        schedule: ``cosine`` (to ``min_lr`` at the last step) or ``plateau`` (multiply by
+        schedule: ``cosine`` (to ``min_lr`` at the end of the budget: the last step of
+            ``max_epochs`` / ``max_steps``, or ``max_time`` if the clock runs out first, in
+            which case the learning rate depends on the machine's speed) or ``plateau`` (multiply by
             ``plateau_factor`` after ``plateau_patience`` epochs without improvement).
         min_lr: lower bound of the learning rate.
         plateau_factor, plateau_patience: see ``schedule``.
@@ -522,6 +530,11 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "data.train/data.head: give each source's train file and head in data.sources"
         )
+    loss = config.loss
+    if loss.switch_epoch is not None and loss.switch_fraction is not None:
+        raise ConfigError("loss.switch_epoch and loss.switch_fraction: give one of them")
+    if loss.switch_fraction is not None and not 0 < loss.switch_fraction <= 1:
+        raise ConfigError(f"loss.switch_fraction must be in (0, 1], got {loss.switch_fraction}")
     heads = model_heads(config)
     for head, weight in (config.loss.head_weights or {}).items():
         if heads is None or head not in heads:

@@ -49,7 +49,7 @@ _HINTS = {
 def _weight(config: Config, name: str) -> float:
     loss = config.loss
     weight = getattr(loss, f"{name}_weight")
-    if loss.switch_epoch is not None:
+    if loss.switch_epoch is not None or loss.switch_fraction is not None:
         weight = max(weight, getattr(loss, f"switch_{name}_weight"))
     return weight
 

@@ -44,9 +44,10 @@ class LossWeights:
     stress: float = 0.0
 
     @classmethod
-    def for_epoch(cls, loss: LossConfig, epoch: int) -> LossWeights:
-        """The weights of ``epoch``: the ``switch_*`` ones from ``loss.switch_epoch`` on."""
-        if loss.switch_epoch is not None and epoch >= loss.switch_epoch:
+    def select(cls, loss: LossConfig, switched: bool) -> LossWeights:
+        """The ``switch_*`` weights once the run has switched (``loss.switch_epoch`` /
+        ``switch_fraction``, decided by the trainer), else the first ones."""
+        if switched:
             return cls(
                 loss.switch_energy_weight, loss.switch_forces_weight, loss.switch_stress_weight
             )

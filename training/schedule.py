@@ -25,19 +25,22 @@ class LRSchedule:
         self.best = math.inf
         self.bad_epochs = 0
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, time_share: float = 0.0) -> float:
+        """Learning rate of optimiser step ``step``; ``time_share`` is the share of
+        ``train.max_time`` used: the cosine follows whichever budget is nearer its end."""
         cfg = self.train
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         if cfg.schedule == "cosine":
             span = max(self.total_steps - cfg.warmup_steps, 1)
-            progress = min(max((step - cfg.warmup_steps) / span, 0.0), 1.0)
+            progress = max((step - cfg.warmup_steps) / span, time_share)
+            progress = min(max(progress, 0.0), 1.0)
             base = cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
             base = max(cfg.lr * self.plateau_scale, cfg.min_lr)
         return base * warm
 
-    def set_step(self, step: int) -> float:
-        lr = self.lr_at(step)
+    def set_step(self, step: int, time_share: float = 0.0) -> float:
+        lr = self.lr_at(step, time_share)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

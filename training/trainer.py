@@ -63,6 +63,7 @@ class Progress:
     best_epoch: int = -1
     bad_epochs: int = 0
     elapsed_s: float = 0.0  # wall time of the whole run up to the last checkpoint
+    switched_epoch: int = -1  # epoch the loss weights switched at (-1: not yet)
     epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
 
 
@@ -125,11 +126,16 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay)
         loss = config.loss
         self.use_stress = loss.stress_weight > 0 or (
-            loss.switch_epoch is not None and loss.switch_stress_weight > 0
+            (loss.switch_epoch is not None or loss.switch_fraction is not None)
+            and loss.switch_stress_weight > 0
         )
         self.loader, self.valid_loader = make_loaders(self.data, config, info, device)
         steps_per_epoch = len(self.loader.batch_sampler.global_batches())
-        self.schedule = LRSchedule(self.optimizer, config, steps_per_epoch * cfg.max_epochs)
+        total_steps = steps_per_epoch * cfg.max_epochs
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        self.schedule = LRSchedule(self.optimizer, config, total_steps)
+        self.time_share = 0.0  # of train.max_time, updated before every step
         self.progress = Progress()
         self.history: list[dict[str, float]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -145,6 +151,11 @@ class Trainer:
         self.ema.load_state_dict(checkpoint["ema"])
         saved = dict(checkpoint["progress"])
         saved["epoch_loss"] = saved["epoch_loss"].clone()
+        switch = self.config.loss.switch_epoch
+        if "switched_epoch" not in saved and switch is not None:  # checkpoint of an older mlip
+            epoch, batches = saved["epoch"], saved["batches_done"]
+            started = epoch > switch or (epoch == switch and batches > 0)
+            saved["switched_epoch"] = switch if started else -1
         self.progress = Progress(**saved)
         self.best_state = checkpoint.get("best_model")
         self.history = list(checkpoint["history"])
@@ -166,12 +177,39 @@ class Trainer:
         cfg = self.config.train
         if cfg.max_steps is not None and self.progress.global_step >= cfg.max_steps:
             return "max_steps"
+        self.time_share = self.time_used()
+        return "max_time" if self.time_share > 1.0 else None
+
+    def time_used(self) -> float:
+        """Share of ``train.max_time`` used so far (0 without it); rank 0's clock decides for
+        every rank."""
+        cfg = self.config.train
         if cfg.max_time is None:
-            return None
-        flag = torch.tensor([float(self.elapsed() > cfg.max_time * 60.0)])
+            return 0.0
+        share = torch.tensor([self.elapsed() / max(cfg.max_time * 60.0, 1e-9)])
         if self.info.enabled:
-            flag = distributed.all_reduce_sum(flag * float(self.info.is_main))
-        return "max_time" if flag.item() > 0 else None
+            share = distributed.all_reduce_sum(share * float(self.info.is_main))
+        return float(share.item())
+
+    def budget_used(self) -> float:
+        """Fraction of the run's budget used: the largest of epochs, ``max_steps`` and
+        ``max_time`` (rank 0's clock decides for everyone)."""
+        cfg, p = self.config.train, self.progress
+        used = max(p.epoch / max(cfg.max_epochs, 1), self.time_used())
+        if cfg.max_steps is not None:
+            used = max(used, p.global_step / max(cfg.max_steps, 1))
+        return used
+
+    def switch_due(self) -> bool:
+        """Whether the loss weights switch at the start of the current epoch."""
+        loss = self.config.loss
+        if loss.switch_epoch is not None:
+            return self.progress.epoch >= loss.switch_epoch
+        return loss.switch_fraction is not None and self.budget_used() >= loss.switch_fraction
+
+    def loss_weights(self) -> LossWeights:
+        """The loss weights of the current epoch."""
+        return LossWeights.select(self.config.loss, self.progress.switched_epoch >= 0)
 
     def run(self) -> dict[str, Any]:
         cfg, p = self.config.train, self.progress
@@ -200,10 +238,10 @@ class Trainer:
         """Train the rest of the current epoch, then validate and checkpoint it; returns the
         budget (``max_steps``/``max_time``) that ran out first, else None."""
         cfg, p, info = self.config.train, self.progress, self.info
-        weights = LossWeights.for_epoch(self.config.loss, p.epoch)
-        switch = self.config.loss.switch_epoch
-        if switch is not None and p.epoch == switch and p.batches_done == 0:
+        if p.switched_epoch < 0 and p.batches_done == 0 and self.switch_due():
+            p.switched_epoch = p.epoch
             p.best_loss, p.bad_epochs = math.inf, 0  # the criterion changes
+        weights = self.loss_weights()
         sampler = self.loader.batch_sampler
         sampler.set_epoch(p.epoch, start_batch=p.batches_done)
         bar = None
@@ -262,7 +300,7 @@ class Trainer:
             step_stress = self.use_stress and distributed.all_reduce_sum(flag).item() == 0
         local = batch_counts(graph, step_stress) if graph is not None else LossCounts(0, 0, 0)
         counts = LossCounts.from_tensor(distributed.all_reduce_sum(local.as_tensor()))
-        self.schedule.set_step(p.global_step)
+        self.schedule.set_step(p.global_step, self.time_share)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
         if graph is not None:
@@ -332,7 +370,7 @@ class Trainer:
     def end_early(self) -> None:
         """Validate the current EMA weights once more, so a step- or time-limited run has a
         result."""
-        weights = LossWeights.for_epoch(self.config.loss, self.progress.epoch)
+        weights = self.loss_weights()
         self.track_best(selection_loss(self.validate(), weights))
         self.save_checkpoint()
 
