@@ -5,7 +5,8 @@ the same budget". Three ``mlip-train`` runs (``training.trainer.train``, the rea
 the same model size, seed and number of epochs:
 
 - ``two_heads``: ``data.sources`` = MPtrj sample (head ``mptrj``, charge 0 / singlet by default)
-  and the charged set (head ``omol``), ``model.hyper: {heads: [mptrj, omol], charge_spin: true}``;
+  and the charged set (head ``omol``), ``model.hyper: {heads: [mptrj, omol], charge_spin: true}``
+  (``--head-readout``: plus ``head_readout: true``, one readout output per head);
 - ``mptrj_only``: the MPtrj sample alone, a plain model;
 - ``omol_only``: the charged set alone, ``charge_spin: true``.
 
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--head-readout", action="store_true", help="the two-head model gets per-head readouts"
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="train.seed of each repetition"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "two_heads")
@@ -122,7 +126,7 @@ def main() -> None:
     runs = {
         "two_heads": (
             [{**mptrj, "head": "mptrj"}, {**omol, "head": "omol"}],
-            {"heads": ["mptrj", "omol"], "charge_spin": True},
+            {"heads": ["mptrj", "omol"], "charge_spin": True, "head_readout": args.head_readout},
             {"mptrj": "mptrj", "omol": "omol"},
         ),
         "mptrj_only": ([mptrj], {}, {"mptrj": None}),
@@ -143,6 +147,7 @@ def main() -> None:
                 rows[-1]["structures_seen"] = summary.get("throughput", {}).get("structures")
     print(
         f"{args.epochs} epochs, {args.channels} channels, batch {args.batch}, "
+        f"head_readout {args.head_readout}, "
         f"{args.threads} thread(s), seeds {args.seeds}, load {os.getloadavg()[0]:.2f}"
     )
     print(
@@ -164,7 +169,7 @@ def main() -> None:
                 values = [r[key] for r in chosen]
                 parts.append(f"{np.mean(values):.1f} ({min(values):.1f} - {max(values):.1f})")
             print(f"{name:<12} {test_set:<8} E {parts[0]}  F {parts[1]}")
-    output = ROOT / "benchmarks" / "results" / "two_heads.json"
+    output = args.out.parent / f"{args.out.name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "rows": rows}))
     print(f"wrote {output}")

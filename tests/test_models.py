@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from mlip import AtomicGraph
+from mlip import AtomicGraph, keys
 from mlip.chunked import ChunkedEvaluator
 from mlip.derivatives import ForceStress
 from mlip.models import MODELS, PRESETS, build_model
@@ -74,8 +74,32 @@ class TestGMEPChargeSpinHeads(EnergyModelTests):
         "lmax_hidden": 1,
         "charge_spin": True,
         "heads": ["omol", "mptrj"],
+        "head_readout": True,
         **_TINY,
     }
+
+
+def test_head_readout_columns_belong_to_their_head() -> None:
+    """With ``head_readout`` every readout has one output per head: a structure's energy
+    depends on its head's column only, the shared weights serve both, and the columns make
+    the heads' forces differ."""
+    model = build_model(
+        species=[1, 8], cutoff=4.0, dtype="float64", heads=["a", "b"], head_readout=True, **_TINY
+    )
+    perturb_parameters(model)
+    graph = AtomicGraph.from_atoms(rattled_molecule([1, 8], seed=2), model.cutoff)
+    last = [layer.readout for layer in model.layers]
+    columns = [r[-1].weight if isinstance(r, torch.nn.Sequential) else r.weight for r in last]
+    assert all(c.shape[0] == 2 for c in columns)
+    for head in (0, 1):
+        data = graph.as_dict()
+        data[keys.HEAD] = torch.tensor([head])
+        grads = torch.autograd.grad(model(data)[keys.ENERGY].sum(), columns)
+        for grad in grads:
+            assert grad[head].abs().sum() > 0
+            assert torch.equal(grad[1 - head], torch.zeros_like(grad[1 - head]))
+    with pytest.raises(ValueError, match="head_readout needs heads"):
+        build_model(species=[1], cutoff=4.0, head_readout=True, **_TINY)
 
 
 class TestGMEPHeadsOnlyMLPRadial(EnergyModelTests):

@@ -95,6 +95,9 @@ class GMEPConfig:
         heads: names of the levels of theory (None: one unnamed head). Each head has its own
             reference energies, scale and shift; the ``head`` graph field (index into this
             list, 0 when absent) selects them, and with more than one head it is embedded too.
+        head_readout: with ``heads``, every layer's readout ends in one output per head (the
+            hidden layers stay shared), selected by the structure's head: per-head capacity for
+            levels of theory whose energy surfaces differ in shape, not only in E0 and scale.
         max_charge: charges in ``[-max_charge, max_charge]`` are accepted (charge_spin).
         max_multiplicity: multiplicities in ``[1, max_multiplicity]`` are accepted.
     """
@@ -117,6 +120,7 @@ class GMEPConfig:
     avg_num_neighbors: float = 30.0
     charge_spin: bool = False
     heads: list[str] | None = None
+    head_readout: bool = False
     max_charge: int = 10
     max_multiplicity: int = 11
 
@@ -218,14 +222,15 @@ class _Interaction(nn.Module):
         lmax_skip = min(lmax_in, lmax_out)
         self.d_skip = num_sh(lmax_skip)
         self.skip = DegreeLinear(lmax_skip, channels, channels) if residual else None
+        outputs = len(cfg.heads) if cfg.head_readout and cfg.heads else 1
         if last:
             self.readout: nn.Module = nn.Sequential(
                 nn.Linear(channels, cfg.readout_hidden, bias=False),
                 nn.SiLU(),
-                nn.Linear(cfg.readout_hidden, 1, bias=False),
+                nn.Linear(cfg.readout_hidden, outputs, bias=False),
             )
         else:
-            self.readout = nn.Linear(channels, 1, bias=False)
+            self.readout = nn.Linear(channels, outputs, bias=False)
         self.channels = channels
         self.lmax_in = lmax_in
         self.num_degrees_edge = cfg.lmax + 1
@@ -385,7 +390,8 @@ class _Interaction(nn.Module):
         max_neighbors: int,
         n_nodes: int,
     ) -> tuple[Tensor, Tensor]:
-        """features (D_in, R, C) -> (D_out, n_nodes, C) and energy contributions (n_nodes,).
+        """features (D_in, R, C) -> (D_out, n_nodes, C) and energy contributions (n_nodes, O),
+        O = 1, or one column per head with ``head_readout``.
 
         Outputs are for the first ``n_nodes`` atoms (receivers); ``features`` are those of the
         senders, R >= n_nodes. For a species-factorised first layer, ``features`` is the
@@ -416,7 +422,7 @@ class _Interaction(nn.Module):
                 mixed = torch.cat([mixed[: self.d_skip] + skip, mixed[self.d_skip :]], dim=0)
             else:
                 mixed = mixed + skip
-        return mixed, self.readout(mixed[0]).squeeze(-1)
+        return mixed, self.readout(mixed[0])
 
 
 class GMEP(AtomicEnergyModel):
@@ -450,6 +456,8 @@ class GMEP(AtomicEnergyModel):
         cfg = config
         if cfg.lmax_hidden > cfg.lmax:
             raise ValueError(f"lmax_hidden ({cfg.lmax_hidden}) must be <= lmax ({cfg.lmax})")
+        if cfg.head_readout and not cfg.heads:
+            raise ValueError("head_readout needs heads (the names of the levels of theory)")
         super().__init__(
             [int(z) for z in cfg.species],
             cfg.cutoff,
@@ -576,6 +584,7 @@ class GMEP(AtomicEnergyModel):
             features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
         else:
             features = self.embedding.index_select(0, species).unsqueeze(0)  # (1, N, C)
+        atom_heads = heads.index_select(0, batch)
         graph_state = self.graph_state
         if graph_state is not None:
             state = graph_state(data, heads)  # (B, C)
@@ -594,6 +603,9 @@ class GMEP(AtomicEnergyModel):
                 max_neighbors,
                 receivers[t],
             )
+            if contribution.shape[1] > 1:  # head_readout: the column of each atom's head
+                contribution = contribution.gather(1, atom_heads[: receivers[t]].unsqueeze(1))
+            contribution = contribution.squeeze(1)
             if receivers[t] < n_atoms:
                 contribution = torch.nn.functional.pad(contribution, [0, n_atoms - receivers[t]])
             atomic = atomic + contribution
