@@ -285,11 +285,18 @@ def test_mixed_file_heads_train_end_to_end(tmp_path: Path) -> None:
         frames = [
             prepared.train.frame(i) for i, h in enumerate(_train_heads(prepared)) if h == number
         ]
-        expected = compute_statistics(frames).for_model("least_squares", species)
+        expected = compute_statistics(frames, cutoff=config.model.cutoff).for_model(
+            "least_squares", species
+        )
         assert fitted[head]["shift"] == pytest.approx(expected["shift"], rel=1e-10)
+        # each head normalises messages by its own frames' neighbour count
+        assert fitted[head]["avg_num_neighbors"] == pytest.approx(expected["avg_num_neighbors"])
+        exported = torch.jit.load(result["model"]).energy_model.avg_num_neighbors
+        assert float(exported[number]) == pytest.approx(expected["avg_num_neighbors"], rel=1e-6)
         assert fitted[head]["scale"] == pytest.approx(expected["scale"], rel=1e-10)
         for z, e0 in expected["reference_energies"].items():
             assert fitted[head]["reference_energies"][z] == pytest.approx(e0, rel=1e-10, abs=1e-12)
+    assert fitted["a"]["avg_num_neighbors"] != fitted["b"]["avg_num_neighbors"]
     assert fitted["a"]["reference_energies"][29] != 0.0  # Cu: head a only
     assert fitted["b"]["reference_energies"][29] == 0.0
     assert fitted["b"]["reference_energies"][1] != 0.0  # H: head b only

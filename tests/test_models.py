@@ -209,3 +209,30 @@ def test_statistics_define_energy() -> None:
     fresh = build_model(**model.config)
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh(graph.as_dict())["energy"], out["energy"])
+
+
+def test_neighbour_count_per_head() -> None:
+    """A model with heads normalises each structure's messages by its head's neighbour count:
+    doubling every atomic-basis normaliser of one head changes only that head's energies; a
+    state dict with one scalar count (written before counts were per head) still loads."""
+    model = build_model(species=[1, 8], cutoff=4.0, dtype="float64", heads=["a", "b"], **_TINY)
+    perturb_parameters(model)
+    model.set_statistics(avg_num_neighbors=2.0, head="a")
+    model.set_statistics(avg_num_neighbors=40.0, head="b")
+    assert model.avg_num_neighbors.tolist() == [2.0, 40.0]
+    graph = AtomicGraph.from_atoms(rattled_molecule([1, 8], seed=1), model.cutoff)
+
+    def energy(head: int) -> float:
+        data = graph.as_dict()
+        data[keys.HEAD] = torch.tensor([head])
+        return float(model(data)[keys.ENERGY])
+
+    before = [energy(0), energy(1)]
+    model.set_statistics(avg_num_neighbors=4.0, head="a")
+    assert energy(0) != pytest.approx(before[0], rel=1e-9)
+    assert energy(1) == pytest.approx(before[1], rel=1e-12)
+
+    old = dict(model.state_dict())
+    old["avg_num_neighbors"] = torch.tensor(7.0, dtype=torch.float64)
+    model.load_state_dict(old)
+    assert model.avg_num_neighbors.tolist() == [7.0, 7.0]

@@ -82,7 +82,6 @@ def fit_statistics(
     values = dict(values, heads={})
     for name, statistics in data.head_statistics.items():
         head_values = fitted(statistics, name)
-        head_values.pop("avg_num_neighbors", None)  # one neighbour count for every head
         model.set_statistics(**head_values, head=name)
         values["heads"][name] = head_values
     return values

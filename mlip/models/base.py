@@ -6,7 +6,9 @@ depend on the architecture, so each model module only writes its per-atom energy
 * ``species_index`` maps atomic numbers to model indices; unknown elements raise, naming them;
 * statistics buffers ``avg_num_neighbors`` (model dtype), ``reference_energies`` (S,),
   ``scale`` and ``shift`` (float64, eV) with :meth:`set_statistics`; with ``heads`` (levels of
-  theory) they are per head, (H, S) and (H,), selected by the graph's ``head`` input;
+  theory) they are per head, (H,), (H, S), (H,) and (H,), selected by the graph's ``head``
+  input (a head's neighbour count normalises its structures' messages:
+  :meth:`inverse_neighbors`);
 * :meth:`edge_vectors` computes ``r_ij = x_j - x_i + shift_ij @ cell`` inside the model, so
   autograd reaches positions and strain;
 * :meth:`total_energy` returns ``E_i = E0(Z_i) + scale * e_i + shift`` and their per-structure
@@ -170,7 +172,6 @@ class AtomicEnergyModel(nn.Module):
         for i, z in enumerate(self.species):
             index[z] = i
         self.register_buffer("species_index", index, persistent=False)
-        self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))
         if heads is not None:
             if not heads or len(set(heads)) != len(heads):
                 raise ValueError(f"heads must be a non-empty list of distinct names: {heads}")
@@ -181,6 +182,8 @@ class AtomicEnergyModel(nn.Module):
         self.num_heads: int = len(self.heads)
         self.multi_head: bool = heads is not None
         self.required_inputs: list[str] = []
+        neighbors = torch.full((len(self.heads),) if self.multi_head else (), avg_num_neighbors)
+        self.register_buffer("avg_num_neighbors", neighbors.to(torch.float64))  # then model dtype
 
     def finish_init(self) -> None:
         """Cast parameters and buffers to the model dtype; add the float64 statistics."""
@@ -206,20 +209,21 @@ class AtomicEnergyModel(nn.Module):
         """Set normalisation buffers.
 
         Args:
-            avg_num_neighbors: mean neighbour count within the cutoff.
+            avg_num_neighbors: mean neighbour count within the cutoff (per head with ``head``:
+                molecules and crystals differ tenfold).
             reference_energies: eV per atom of each element, ``{Z: E0}``; elements not given
                 keep their current value.
             scale: eV, multiplies the learned per-atom energy.
             shift: eV per atom.
-            head: the head (name or index) whose reference energies, scale and shift are set;
-                None sets every head. Only for a model with ``heads``.
+            head: the head (name or index) whose neighbour count, reference energies, scale and
+                shift are set; None sets every head. Only for a model with ``heads``.
         """
         rows = self._head_rows(head)
         with torch.no_grad():
             if avg_num_neighbors is not None:
                 if not avg_num_neighbors > 0:
                     raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
-                self.avg_num_neighbors.fill_(float(avg_num_neighbors))
+                self.avg_num_neighbors[rows] = float(avg_num_neighbors)
             if reference_energies is not None:
                 for z, energy in reference_energies.items():
                     if int(z) not in self.species:
@@ -232,6 +236,23 @@ class AtomicEnergyModel(nn.Module):
                 self.scale[rows] = float(scale)
             if shift is not None:
                 self.shift[rows] = float(shift)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Accept a state dict of a model with heads written before the neighbour count was
+        per head (one scalar): every head gets it."""
+        key = prefix + "avg_num_neighbors"
+        value = state_dict.get(key)
+        if isinstance(value, Tensor) and value.dim() == 0 and self.avg_num_neighbors.dim() == 1:
+            state_dict[key] = value.expand_as(self.avg_num_neighbors).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def inverse_neighbors(self, atom_heads: Tensor) -> Tensor:
+        """``1 / avg_num_neighbors``: a scalar, or (N, 1) per atom (its structure's head's)
+        for a model with heads; ``atom_heads`` (N,) int64 is only read then."""
+        inverse = 1.0 / self.avg_num_neighbors
+        if self.multi_head:
+            return inverse.index_select(0, atom_heads).unsqueeze(1)
+        return inverse
 
     def _head_rows(self, head: str | int | None) -> Any:
         """Index into the head dimension of the statistics buffers for ``head``."""

@@ -445,7 +445,7 @@ class GMEP(AtomicEnergyModel):
             (``["charge", "spin"]`` with ``charge_spin``).
 
     Buffers (saved in the state dict):
-        avg_num_neighbors: scalar, message normalisation.
+        avg_num_neighbors: scalar, message normalisation; (H,) with ``heads``.
         reference_energies: (S,) float64 eV, E0 per species; (H, S) with ``heads``.
         scale, shift: float64 scalars, eV (shift is per atom); (H,) with ``heads``.
     """
@@ -568,7 +568,6 @@ class GMEP(AtomicEnergyModel):
         vectors = self.edge_vectors(data)
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.edge_sh(vectors)
-        inv_avg = 1.0 / self.avg_num_neighbors
         n_atoms = positions.shape[0]
         receivers: list[int] = [n_atoms for _ in range(len(self.layers))]
         if keys.LAYER_RECEIVERS in data:
@@ -585,6 +584,7 @@ class GMEP(AtomicEnergyModel):
         else:
             features = self.embedding.index_select(0, species).unsqueeze(0)  # (1, N, C)
         atom_heads = heads.index_select(0, batch)
+        inv_avg = self.inverse_neighbors(atom_heads)  # scalar, or (N, 1) with heads
         graph_state = self.graph_state
         if graph_state is not None:
             state = graph_state(data, heads)  # (B, C)
@@ -598,7 +598,7 @@ class GMEP(AtomicEnergyModel):
                 lengths,
                 sender,
                 receiver,
-                inv_avg,
+                inv_avg if inv_avg.dim() == 0 else inv_avg[: receivers[t]],
                 tables,
                 max_neighbors,
                 receivers[t],
