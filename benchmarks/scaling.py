@@ -16,8 +16,11 @@ Both codes run with the same allocator setting (``mlip.allocator.keep_freed_memo
         --runs medium:float32:chunked --chunk-budget-gb 8 --repeats 1 --warmup 0 --limit-gb 12
 
 A ``:chunked`` run evaluates through :class:`mlip.chunked.ChunkedEvaluator` with a memory budget
-of ``--chunk-budget-gb``; its rows add ``chunks`` and the evaluator's whole-structure memory
-estimate ``estimated_bytes_per_atom``.
+of ``--chunk-budget-gb`` (or ``--chunk-atoms`` atoms per chunk), layer by layer for GMEP; a
+``:halo`` run does the same with the receptive-field halo method. Their rows add ``chunks`` and
+the evaluator's whole-structure memory estimate ``estimated_bytes_per_atom``. Every row has
+``cpu_seconds`` and ``sys_seconds``: user + system and system CPU time per timed call (mean;
+system time is mostly page faults), next to the wall-clock ``seconds`` (median).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -65,8 +69,12 @@ def gmep_worker(args: dict) -> dict:
     data = graph.as_dict()
     if args["chunked"]:
         evaluator = ChunkedEvaluator(
-            wrapper, model.config["num_layers"], memory_budget=args["chunk_budget_gb"] * 2**30
+            wrapper,
+            model.config["num_layers"],
+            memory_budget=args["chunk_budget_gb"] * 2**30,
+            chunk_atoms=args["chunk_atoms"],
         )
+        evaluator.layerwise = evaluator.layerwise and not args["halo"]
 
         def call() -> None:
             evaluator(graph, "cpu", stress=False)["forces"].sum().item()
@@ -86,14 +94,23 @@ def gmep_worker(args: dict) -> dict:
     }
     rss_before = measure.rss_bytes()
     try:
-        seconds = measure.median_seconds(call, args["repeats"], warmup=args["warmup"])
+        for _ in range(args["warmup"]):
+            call()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        seconds = measure.median_seconds(call, args["repeats"], warmup=0)
     except RuntimeError as error:
         if "alloc" not in str(error).lower() and "memory" not in str(error).lower():
             raise
         return {**row, "oom": True, "error": str(error)[:200]}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    row["sys_seconds"] = (usage.ru_stime - usage_before.ru_stime) / args["repeats"]
+    row["cpu_seconds"] = (usage.ru_utime - usage_before.ru_utime) / args["repeats"]
+    row["cpu_seconds"] += row["sys_seconds"]
     if args["chunked"]:
+        row["method"] = "layerwise" if evaluator.layerwise else "halo"
         row["chunks"] = evaluator.last_chunks
-        row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom_layer * evaluator.hops
+        if evaluator.bytes_per_atom_layer is not None:  # None: --chunk-atoms, no probe
+            row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom_layer * evaluator.hops
     return {**row, "seconds": seconds, "peak_bytes": measure.peak_rss_bytes() - rss_before}
 
 
@@ -122,9 +139,12 @@ def describe(row: dict) -> str:
         return f"failed ({row['failed']})"
     if row.get("oom"):
         return "does not fit"
+    cpu = row.get("cpu_seconds")
+    cpu_text = f"(CPU {cpu / row['n_atoms'] * 1e6:.1f}, sys {row['sys_seconds']:.1f} s)  "
     return (
         f"{row['seconds'] * 1e3:10.1f} ms  {row['seconds'] / row['n_atoms'] * 1e6:8.1f} µs/atom  "
-        f"{row['peak_bytes'] / 2**20:8.0f} MiB  {row['peak_bytes'] / row['n_atoms'] / 1024:6.1f} "
+        + (cpu_text if cpu is not None else "")
+        + f"{row['peak_bytes'] / 2**20:8.0f} MiB  {row['peak_bytes'] / row['n_atoms'] / 1024:6.1f} "
         "KiB/atom" + (f"  {row['chunks']} chunks" if row.get("chunks") else "")
     )
 
@@ -168,10 +188,14 @@ def main() -> None:
         "--runs",
         nargs="+",
         default=["small:float32", "medium:float32", "medium:float64"],
-        help="GMEP PRESET:DTYPE pairs; PRESET:DTYPE:chunked evaluates in chunks (mlip.chunked)",
+        help="GMEP PRESET:DTYPE pairs; PRESET:DTYPE:chunked evaluates in chunks (mlip.chunked), "
+        "PRESET:DTYPE:halo in chunks with the receptive-field halo method",
     )
     parser.add_argument(
         "--chunk-budget-gb", type=float, default=6.0, help="memory budget of chunked runs"
+    )
+    parser.add_argument(
+        "--chunk-atoms", type=int, default=None, help="atoms per chunk (overrides the budget)"
     )
     parser.add_argument("--mace-python", default=None)
     parser.add_argument("--mace-dtypes", nargs="+", default=["float32"])
@@ -205,6 +229,7 @@ def main() -> None:
         "allocator": args.allocator,
         "limit_gb": args.limit_gb,
         "chunk_budget_gb": args.chunk_budget_gb,
+        "chunk_atoms": args.chunk_atoms,
     }
     mace_env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # e3nn 0.4 constants
     jobs = []
@@ -214,14 +239,19 @@ def main() -> None:
             sizes = [n for n in sizes if n in args.sizes]
         for run in args.runs:
             preset, dtype, *mode = run.split(":")
-            chunked = mode == ["chunked"]
+            chunked = mode in (["chunked"], ["halo"])
             jobs.append(
                 (
                     system,
                     sizes,
-                    f"GMEP {preset} {dtype}" + (" chunked" if chunked else ""),
+                    f"GMEP {preset} {dtype}" + (f" {mode[0]}" if chunked else ""),
                     [sys.executable, __file__, "--worker"],
-                    {"preset": preset, "dtype": dtype, "chunked": chunked},
+                    {
+                        "preset": preset,
+                        "dtype": dtype,
+                        "chunked": chunked,
+                        "halo": mode == ["halo"],
+                    },
                     None,
                 )
             )

@@ -100,8 +100,9 @@ class MLIPCalculator(Calculator):
     them from ``atoms.info["charge"]`` and ``atoms.info["spin"]`` (defaults 0 and 1, with a
     warning); a multiplicity impossible for the electron count is an error.
         memory_budget: bytes one energy + forces call may use; a structure that would need
-            more is evaluated exactly in chunks of atoms plus their receptive-field halo
-            (:mod:`mlip.chunked`). None: 60 % of the device's free memory at each call.
+            more is evaluated exactly in chunks of atoms, layer by layer for GMEP, else with
+            their receptive-field halo (:mod:`mlip.chunked`). None: 60 % of the device's free
+            memory at each call.
         chunk_atoms: always evaluate in chunks of this many atoms (overrides the budget).
 
     On the CPU the calculator calls :func:`mlip.allocator.keep_freed_memory` (process-wide:

@@ -1,10 +1,30 @@
 """Exact energy, forces and stress of one large structure, evaluated chunk by chunk.
 
-A message-passing model with ``T`` interaction layers gives atom i an energy that depends only on
-atoms within ``T`` hops of i in the neighbour graph (the receptive field, ``T x cutoff`` Å). So
-the atoms are split into chunks of *owned* atoms, each chunk is evaluated on the subgraph of its
-``T``-hop closure (owned atoms plus a halo, periodic images included because the closure
-follows the edges and their cell shifts), and only the owned atoms' energies are summed:
+Two exact methods; :class:`ChunkedEvaluator` picks the first when the model has its pieces.
+
+**Layer by layer** (models exporting ``initial_features``, ``layer_forward`` and
+``atom_energies``, e.g. :class:`mlip.models.GMEP`). Layer t of receiver i needs only the layer-t
+input features h_t of i's senders. A no-grad sweep computes h_1 .. h_{T-1} of all atoms, chunk by
+chunk over receivers (a chunk's subgraph: its receivers, their senders, the edges into the
+receivers; no halo is recomputed). A backward sweep then goes t = T-1 .. 0, chunk by chunk:
+rebuild layer t of the chunk with autograd (leaves: positions of the subgraph, the strain, the
+senders' h_t) and take one gradient of
+
+    sum_{i in chunk} s_i c_t,i + <g_{t+1}[chunk], h_{t+1}[chunk]>
+
+where c_t,i is receiver i's layer-t energy contribution, s_i = dE/de_i the model's energy scale
+and g_{t+1} = dE/dh_{t+1}, summed from the chunks of layer t + 1. Its position and strain parts
+add to forces and virial, its h_t part (index-added over the senders) to g_t. Layer 0's input
+(embedding, graph state) does not depend on positions. Work: the first T - 1 layers forward once
+more than a whole-structure call (plus per-chunk edge geometry); memory: one layer of one chunk
+plus h_t and g_t of all atoms.
+
+**Receptive-field halo** (any local model). A message-passing model with ``T`` interaction
+layers gives atom i an energy that depends only on atoms within ``T`` hops of i in the neighbour
+graph (the receptive field, ``T x cutoff`` Å). So the atoms are split into chunks of *owned*
+atoms, each chunk is evaluated on the subgraph of its ``T``-hop closure (owned atoms plus a
+halo, periodic images included because the closure follows the edges and their cell shifts),
+and only the owned atoms' energies are summed:
 
     E = sum_c E_c,   E_c = sum_{i owned by c} e_i(subgraph c)
 
@@ -16,11 +36,14 @@ the sum of each chunk's strain derivative (same symmetric-strain convention as
 alive at a time, so peak memory is that of the largest chunk, not of the structure.
 
 Chunks are contiguous runs of atoms in Morton (Z-curve) order of their positions, so each one is
-a compact blob and its halo is small relative to it. The chunk size comes from a memory budget:
-a chunk's memory is taken as proportional to the atoms its layers compute, summed over layers
-(a halo atom two hops out costs only positions, one hop out only the first layer), with bytes
-per atom-layer measured once by a probe forward on a small chunk (bytes of tensors autograd
-saves, times :data:`PEAK_OVER_SAVED`); chunks grow until the largest would exceed the budget.
+a compact blob and its halo is small relative to it. The chunk size comes from a memory budget.
+Halo method: a chunk's memory is taken as proportional to the atoms its layers compute, summed
+over layers (a halo atom two hops out costs only positions, one hop out only the first layer),
+with bytes per atom-layer measured once by a probe forward on a small chunk (bytes of tensors
+autograd saves, times :data:`PEAK_OVER_SAVED`); chunks grow until the largest would exceed the
+budget. Layer by layer: bytes per receiver of the costliest layer, probed the same way layer by
+layer; a chunk has as many receivers as the budget, less the stored h_t and g_t, allows (on the
+CPU at most :data:`CPU_MAX_RECEIVERS`, beyond which chunks only get slower).
 """
 
 from __future__ import annotations
@@ -38,6 +61,7 @@ from mlip.derivatives import strained
 
 __all__ = [
     "ChunkedEvaluator",
+    "LAYERWISE_METHODS",
     "PEAK_OVER_SAVED",
     "free_memory_bytes",
     "morton_order",
@@ -50,6 +74,13 @@ PEAK_OVER_SAVED = 2.5
 # share of the device's free memory the default budget uses
 DEFAULT_BUDGET_FRACTION = 0.6
 PROBE_ATOMS = 64
+# layer by layer on the CPU: most receivers per chunk whatever the budget. Larger chunks are no
+# faster and, from ~8k atoms (`medium`, 16k-atom Cu, one thread), page-fault their multi-GB
+# tensors on every call: 1.3x the CPU time of 1k-4k-atom chunks (97,556 atoms, 10 GB budget:
+# 6 chunks of 16k atoms, 895 against 637 µs/atom with 1k-atom chunks)
+CPU_MAX_RECEIVERS = 2048
+# exported methods of an energy model that the layer-by-layer method needs (mlip.models.GMEP)
+LAYERWISE_METHODS = ("initial_features", "layer_forward", "atom_energies")
 
 
 def num_hops(metadata: dict[str, Any]) -> int:
@@ -157,7 +188,10 @@ def _closure(
 
 
 class ChunkedEvaluator:
-    """Energy, per-atom energies, forces and stress of one structure over receptive-field chunks.
+    """Energy, per-atom energies, forces and stress of one structure, chunk by chunk.
+
+    Layer by layer when the model exports :data:`LAYERWISE_METHODS` (scripted modules
+    included), else over receptive-field halos (module docstring).
 
     Args:
         module: an exported model (``ForceStress`` around an energy model, scripted or not);
@@ -165,12 +199,15 @@ class ChunkedEvaluator:
         hops: interaction layers T (:func:`num_hops` of the metadata).
         memory_budget: bytes one chunk's energy + forces call may use; None: a share
             (:data:`DEFAULT_BUDGET_FRACTION`) of the device's free memory at each call.
-        chunk_atoms: owned atoms per chunk, overriding the budget (mainly for tests).
+        chunk_atoms: owned atoms (receivers, layer by layer) per chunk, overriding the budget
+            (mainly for tests).
 
     Attributes:
-        bytes_per_atom_layer: peak bytes per atom per interaction layer it passes through,
-            measured by the first probe (None before); a whole structure of N atoms needs
-            about ``bytes_per_atom_layer * hops * N``.
+        layerwise: whether the layer-by-layer method is used.
+        bytes_per_atom_layer: peak bytes per atom per interaction layer it passes through
+            (layer by layer: per receiver of the costliest layer), measured by the first probe
+            (None before); a whole structure of N atoms needs about
+            ``bytes_per_atom_layer * hops * N``.
         last_chunks: number of chunks of the last call of this evaluator (0 before any).
     """
 
@@ -188,10 +225,13 @@ class ChunkedEvaluator:
         if memory_budget is not None and not memory_budget > 0:
             raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget}")
         self.energy_model = getattr(module, "energy_model", module)
+        self.layerwise = all(hasattr(self.energy_model, name) for name in LAYERWISE_METHODS)
         self.hops = int(hops)
         self.memory_budget = memory_budget
         self.chunk_atoms = chunk_atoms
         self.bytes_per_atom_layer: float | None = None
+        # layer by layer: bytes per atom of the stored layer inputs h_t and their gradients g_t
+        self._stored_bytes_per_atom = 0.0
         self.last_chunks = 0
         # (atoms, atoms allowed per subgraph, owned atoms per chunk) of the last plan: MD steps
         # reuse it instead of searching again (the halo changes little from step to step)
@@ -209,21 +249,36 @@ class ChunkedEvaluator:
     ) -> float:
         """Peak bytes per atom-layer, from the tensors autograd saves on a small chunk."""
         seen = torch.zeros(graph.positions.shape[0], dtype=torch.bool)
-        atoms, edges, sizes = _closure(
-            order[:PROBE_ATOMS], adjacency, graph.edge_index[1], self.hops, seen
-        )
+        hops = 1 if self.layerwise else self.hops
+        owned = order[:PROBE_ATOMS]
+        atoms, edges, sizes = _closure(owned, adjacency, graph.edge_index[1], hops, seen)
+        if self.layerwise:
+            data, _, _ = self._subgraph(graph, atoms, edges, None, device, stress=False)
+            return self._measure_layers(data, owned.numel())
         data, positions, _ = self._subgraph(graph, atoms, edges, sizes, device, stress=False)
-        storages: dict[int, int] = {}
-
-        def pack(tensor: Tensor) -> Tensor:
-            storage = tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(*_saved_bytes_hooks(storages := {})):
             self.energy_model(data)
         del positions
         return PEAK_OVER_SAVED * max(sum(storages.values()), 1) / sum(sizes)
+
+    def _measure_layers(self, data: dict[str, Tensor], n_owned: int) -> float:
+        """Peak bytes per receiver of the costliest layer of one chunk's subgraph ``data``
+        (its first ``n_owned`` atoms receive); sets :attr:`_stored_bytes_per_atom`."""
+        model = self.energy_model
+        n_local = data[keys.ATOMIC_NUMBERS].shape[0]
+        inputs = model.initial_features(data)
+        worst, stored = 1, 0
+        for t in range(self.hops):
+            leaf = inputs.detach().requires_grad_(t > 0)
+            with torch.autograd.graph.saved_tensors_hooks(*_saved_bytes_hooks(storages := {})):
+                model.layer_forward(t, leaf, data, n_owned)
+            worst = max(worst, sum(storages.values()))
+            if t + 1 < self.hops:
+                with torch.no_grad():  # every local atom as receiver: input of layer t + 1
+                    inputs = model.layer_forward(t, inputs, data, n_local)[0]
+                stored += inputs[:, 0].numel() * inputs.element_size()
+        self._stored_bytes_per_atom = 2.0 * stored
+        return PEAK_OVER_SAVED * worst / n_owned
 
     def needs_chunks(self, graph: AtomicGraph, device: torch.device) -> bool:
         """Whether ``graph`` would exceed the budget as a whole (or has more than chunk_atoms).
@@ -252,6 +307,18 @@ class ChunkedEvaluator:
             self.bytes_per_atom_layer = self._measure_bytes_per_atom_layer(
                 graph, adjacency, order, device
             )
+        if self.layerwise:  # one layer of one chunk, next to the stored h_t and g_t
+            free = self.budget(device) - self._stored_bytes_per_atom * n_atoms
+            size = min(n_atoms, int(free / self.bytes_per_atom_layer))
+            if device.type == "cpu":
+                size = min(size, CPU_MAX_RECEIVERS)
+            if size < 1:
+                raise MemoryError(
+                    f"memory budget {self.budget(device) / 2**30:.2f} GiB is too small: the "
+                    f"layer features of {n_atoms} atoms and one atom's layer need more at "
+                    f"{self.bytes_per_atom_layer / 1024:.0f} KiB per atom and layer"
+                )
+            return size
         # atom-layers one chunk may compute
         max_atoms = self.budget(device) / self.bytes_per_atom_layer
         if max_atoms >= self.hops * n_atoms:
@@ -296,11 +363,14 @@ class ChunkedEvaluator:
         graph: AtomicGraph,
         atoms: Tensor,
         edges: Tensor,
-        sizes: list[int],
+        sizes: list[int] | None,
         device: torch.device,
         stress: bool,
     ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
-        """Model input of a chunk (strained when ``stress``), its positions leaf and strain."""
+        """Model input of a chunk (strained when ``stress``), its positions leaf and strain.
+
+        ``sizes``: ``layer_receivers`` of the halo method (None: not given).
+        """
         n_atoms = graph.positions.shape[0]
         local = torch.full((n_atoms,), -1, dtype=torch.int64)
         local[atoms] = torch.arange(atoms.numel())
@@ -322,13 +392,11 @@ class ChunkedEvaluator:
             keys.CELL_SHIFTS: graph.cell_shifts.index_select(0, edges).to(device),
             keys.BATCH: batch,
             keys.NUM_ATOMS: torch.tensor([atoms.numel()], device=device),
-            # models that know it skip the halo atoms' unneeded layers; others ignore it
-            keys.LAYER_RECEIVERS: torch.tensor(sizes, dtype=torch.int64, device=device),
         }
-        for name in (keys.CHARGE, keys.SPIN):  # graph-level inputs pass through unchanged
-            value = getattr(graph, name)
-            if value is not None:
-                data[name] = value.to(device)
+        if sizes is not None:
+            # models that know it skip the halo atoms' unneeded layers; others ignore it
+            data[keys.LAYER_RECEIVERS] = torch.tensor(sizes, dtype=torch.int64, device=device)
+        data.update(_graph_inputs(graph, device))
         return data, positions, strain
 
     def __call__(
@@ -346,14 +414,41 @@ class ChunkedEvaluator:
         adjacency = _Adjacency.of(graph.edge_index[0], n_atoms)
         order = torch.from_numpy(morton_order(graph.positions.numpy()))
         size = self._plan(graph, adjacency, order, device)
+        chunks = [order[first : first + size] for first in range(0, n_atoms, size)]
+        self.last_chunks = 0
+        if self.layerwise:
+            energies, forces, virial = self._layer_by_layer(
+                graph, adjacency, chunks, device, stress
+            )
+        else:
+            energies, forces, virial = self._over_halos(graph, adjacency, chunks, device, stress)
+        result = {
+            keys.ENERGY: energies.sum().reshape(1),
+            keys.ATOMIC_ENERGIES: energies,
+            keys.FORCES: forces,
+        }
+        if stress:
+            volume = torch.abs(torch.linalg.det(graph.cell))
+            result[keys.STRESS] = virial / volume.view(-1, 1, 1)
+        return result
+
+    def _over_halos(
+        self,
+        graph: AtomicGraph,
+        adjacency: _Adjacency,
+        chunks: list[Tensor],
+        device: torch.device,
+        stress: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-atom energies (N,), forces (N, 3) and virial (1, 3, 3), float64 CPU, each chunk
+        of owned atoms evaluated on its ``hops``-hop closure."""
+        n_atoms = graph.positions.shape[0]
         sender = graph.edge_index[1]
         seen = torch.zeros(n_atoms, dtype=torch.bool)
         energies = torch.zeros(n_atoms, dtype=torch.float64)
         forces = torch.zeros((n_atoms, 3), dtype=torch.float64)
         virial = torch.zeros((1, 3, 3), dtype=torch.float64)
-        self.last_chunks = 0
-        for first in range(0, n_atoms, size):
-            owned = order[first : first + size]
+        for owned in chunks:
             atoms, edges, sizes = _closure(owned, adjacency, sender, self.hops, seen)
             data, positions, strain = self._subgraph(graph, atoms, edges, sizes, device, stress)
             owned_energies = self.energy_model(data)[keys.ATOMIC_ENERGIES][: owned.numel()]
@@ -366,12 +461,121 @@ class ChunkedEvaluator:
                 virial += grads[1].to("cpu", torch.float64)
             del data, positions, strain, owned_energies, grads
             self.last_chunks += 1
-        result = {
-            keys.ENERGY: energies.sum().reshape(1),
-            keys.ATOMIC_ENERGIES: energies,
-            keys.FORCES: forces,
+        return energies, forces, virial
+
+    def _layer_by_layer(
+        self,
+        graph: AtomicGraph,
+        adjacency: _Adjacency,
+        chunks: list[Tensor],
+        device: torch.device,
+        stress: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-atom energies (N,), forces (N, 3) and virial (1, 3, 3), float64 CPU, layer by
+        layer over chunks of receivers (module docstring)."""
+        model = self.energy_model
+        n_atoms = graph.positions.shape[0]
+        seen = torch.zeros(n_atoms, dtype=torch.bool)
+        # each chunk's subgraph: receivers first, then their other senders; edges into them
+        subgraphs = []
+        for owned in chunks:
+            atoms, edges, _ = _closure(owned, adjacency, graph.edge_index[1], 1, seen)
+            subgraphs.append((owned.numel(), atoms, atoms.to(device), edges))
+        # inputs[t]: (D_t, N, C) input features of layer t >= 1 of every atom
+        inputs: list[Tensor | None] = [None]
+        with torch.no_grad():
+            for t in range(self.hops - 1):
+                features = None
+                for n_owned, atoms, local_atoms, edges in subgraphs:
+                    data, _, _ = self._subgraph(graph, atoms, edges, None, device, stress=False)
+                    source = inputs[t]
+                    layer_in = (
+                        model.initial_features(data)
+                        if source is None
+                        else source.index_select(1, local_atoms)
+                    )
+                    out = model.layer_forward(t, layer_in, data, n_owned)[0]
+                    if features is None:
+                        features = out.new_empty((out.shape[0], n_atoms, out.shape[2]))
+                    features.index_copy_(1, local_atoms[:n_owned], out)
+                inputs.append(features)
+        whole = {
+            keys.ATOMIC_NUMBERS: graph.atomic_numbers.to(device),
+            keys.BATCH: graph.batch.to(device),
+            keys.NUM_ATOMS: graph.num_atoms.to(device),
+            **_graph_inputs(graph, device),
         }
-        if stress:
-            volume = torch.abs(torch.linalg.det(graph.cell))
-            result[keys.STRESS] = virial / volume.view(-1, 1, 1)
-        return result
+        # s_i = dE/de_i: the model's energy scale of each atom (per head)
+        atomic = torch.zeros(n_atoms, dtype=torch.float64, device=device, requires_grad=True)
+        energy = model.atom_energies(atomic, whole)[keys.ENERGY]
+        (scale,) = torch.autograd.grad([energy.sum()], [atomic])
+
+        contributions: list[Tensor | None] = [None] * self.hops
+        forces = torch.zeros((n_atoms, 3), dtype=torch.float64, device=device)
+        virial = torch.zeros((1, 3, 3), dtype=torch.float64, device=device)
+        grad_out: Tensor | None = None  # g_{t+1} = dE/dh_{t+1} of every atom
+        for t in reversed(range(self.hops)):
+            source = inputs[t]
+            grad_in = None if source is None else torch.zeros_like(source)
+            contribution = None
+            for n_owned, atoms, local_atoms, edges in subgraphs:
+                receivers = local_atoms[:n_owned]
+                data, positions, strain = self._subgraph(graph, atoms, edges, None, device, stress)
+                if source is None:
+                    layer_in = model.initial_features(data)  # no position dependence
+                else:
+                    layer_in = source.index_select(1, local_atoms).requires_grad_(True)
+                out, chunk_contribution = model.layer_forward(t, layer_in, data, n_owned)
+                outputs = [chunk_contribution]
+                grad_outputs = [scale.index_select(0, receivers).to(chunk_contribution.dtype)]
+                if grad_out is not None:
+                    outputs.append(out)
+                    grad_outputs.append(grad_out.index_select(1, receivers))
+                wrt = [positions] + ([] if strain is None else [strain])
+                wrt += [] if source is None else [layer_in]
+                grads = torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)
+                if grads[0] is not None:
+                    forces.index_add_(0, local_atoms, grads[0], alpha=-1)
+                if strain is not None and grads[1] is not None:
+                    virial += grads[1]
+                if grad_in is not None and grads[-1] is not None:
+                    grad_in.index_add_(1, local_atoms, grads[-1])
+                if contribution is None:
+                    contribution = chunk_contribution.new_zeros(n_atoms)
+                contribution.index_copy_(0, receivers, chunk_contribution.detach())
+                del data, positions, strain, layer_in, out, outputs, grad_outputs, grads
+            contributions[t] = contribution
+            inputs[t] = None
+            grad_out = grad_in
+            self.last_chunks = len(subgraphs)
+        atomic = contributions[0]
+        for contribution in contributions[1:]:  # summed in layer order, as GMEP.forward does
+            atomic = atomic + contribution
+        with torch.no_grad():
+            energies = model.atom_energies(atomic, whole)[keys.ATOMIC_ENERGIES]
+        return (
+            energies.to("cpu", torch.float64),
+            forces.to("cpu", torch.float64),
+            virial.to("cpu", torch.float64),
+        )
+
+
+def _saved_bytes_hooks(storages: dict[int, int]) -> tuple[Any, Any]:
+    """``saved_tensors_hooks`` pack/unpack pair recording the bytes of each saved storage."""
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    return pack, lambda tensor: tensor
+
+
+def _graph_inputs(graph: AtomicGraph, device: torch.device) -> dict[str, Tensor]:
+    """Per-structure model inputs of ``graph`` present (charge, spin, head), on ``device``."""
+    fields = {}
+    for name in (keys.CHARGE, keys.SPIN, keys.HEAD):
+        value = getattr(graph, name)
+        if value is not None:
+            fields[name] = value.to(device)
+    return fields

@@ -161,7 +161,7 @@ def model_error_message(exc: BaseException) -> str | None:
     That is a ``ValueError`` raised inside a TorchScript model, which TorchScript wraps in
     ``torch.jit.Error`` with both tracebacks in the text (e.g. a total charge outside the range
     of the model's charge table; its last line holds the message), or the ``MemoryError`` of a
-    memory budget too small for even one atom's receptive field (:mod:`mlip.chunked`).
+    memory budget too small for even one chunk of one atom (:mod:`mlip.chunked`).
     """
     import torch
 
@@ -254,7 +254,8 @@ def add_memory_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="GB",
         help="memory (GB, 1e9 bytes) one energy + forces evaluation may use; a larger "
-        "structure is evaluated exactly in chunks of atoms plus their receptive-field halo. "
+        "structure is evaluated exactly in chunks of atoms (layer by layer for GMEP, else "
+        "with their receptive-field halo). "
         "Default: 60 %% of the device's free memory at each call",
     )
 

@@ -17,19 +17,31 @@ from mlip.testing import perturb_parameters
 
 CUTOFF = 3.0  # first fcc shell only: one atom's 2-hop closure is 55 of 256 atoms
 TOLERANCE = 1e-10
+METHODS = ("layerwise", "halo")
 
 
-def _model(species: list[int], **hyper) -> torch.nn.Module:
+def _model(species: list[int], preset: str = "small", cutoff: float = CUTOFF, **hyper):
+    """A float64 GMEP with perturbed parameters and statistics away from the identity (scale,
+    shift and E0 differ per head), so that each atom's energy scale is exercised."""
     model = build_model(
         species=species,
-        cutoff=CUTOFF,
-        preset="small",
+        cutoff=cutoff,
+        preset=preset,
         dtype="float64",
         channels=8,
         mixer_channels=8,
         **hyper,
     )
-    return perturb_parameters(model, seed=1)
+    model = perturb_parameters(model, seed=1)
+    for head in range(max(model.num_heads, 1)):
+        model.set_statistics(
+            avg_num_neighbors=12.0 + 7.0 * head,
+            scale=1.7 - 0.5 * head,
+            shift=-0.3 + 0.2 * head,
+            reference_energies={z: -1.0 - 0.1 * i - head for i, z in enumerate(species)},
+            head=head if model.multi_head else None,
+        )
+    return model
 
 
 def _copper(repeat: int = 4) -> Atoms:
@@ -45,21 +57,34 @@ def _compare(reference: dict, chunked: dict, stress: bool) -> None:
         assert error < TOLERANCE, f"{name}: max difference {error:.2e}"
 
 
-def _check_chunks(model: torch.nn.Module, atoms: Atoms, sizes: list[int], stress: bool) -> None:
+def _check_chunks(
+    model: torch.nn.Module,
+    atoms: Atoms,
+    sizes: list[int],
+    stress: bool,
+    methods: tuple[str, ...] = METHODS,
+    cutoff: float = CUTOFF,
+    **inputs: torch.Tensor,
+) -> None:
+    """Chunked == whole on the scripted export (as the calculator runs it), for each chunk
+    size and method; ``inputs`` are graph-level inputs (charge, spin, head)."""
     module = script(model)
     module.compute_stress = stress
-    graph = AtomicGraph.from_atoms(atoms, CUTOFF)
+    graph = AtomicGraph.from_atoms(atoms, cutoff).with_labels(**inputs)
     reference = module(graph.as_dict())
-    for size in sizes:
-        evaluator = ChunkedEvaluator(module, num_hops(build_metadata(model)), chunk_atoms=size)
-        result = evaluator(graph, "cpu", stress=stress)
-        assert evaluator.last_chunks == -(-len(atoms) // size)
-        _compare(reference, result, stress)
+    for method in methods:
+        for size in sizes:
+            evaluator = ChunkedEvaluator(module, num_hops(build_metadata(model)), chunk_atoms=size)
+            assert evaluator.layerwise  # the scripted GMEP exports the per-layer methods
+            evaluator.layerwise = method == "layerwise"
+            result = evaluator(graph, "cpu", stress=stress)
+            assert evaluator.last_chunks == -(-len(atoms) // size)
+            _compare(reference, result, stress)
 
 
 def test_periodic_cell_cut_by_chunks() -> None:
-    # chunk sizes 1 and 20 are smaller than one atom's halo (54 atoms); 255 leaves one atom over
-    _check_chunks(_model([29]), _copper(), [1, 20, 100, 255], stress=True)
+    # chunk sizes 1, 2 and 20 are smaller than one atom's halo (54 atoms); 255 leaves one over
+    _check_chunks(_model([29]), _copper(), [1, 2, 20, 100, 255], stress=True)
 
 
 def test_triclinic_two_species_three_layers_vector_features() -> None:
@@ -72,11 +97,37 @@ def test_triclinic_two_species_three_layers_vector_features() -> None:
     _check_chunks(model, atoms, [3, 40], stress=True)
 
 
+@pytest.mark.parametrize("preset", ["small", "medium", "large"])
+def test_presets_layer_by_layer(preset: str) -> None:
+    """Three fcc shells (42 neighbours): ``large``'s l > 0 layers take the per-receiver GEMM
+    form (from 30 neighbours), its first layer the species-factorised one."""
+    atoms = _copper()
+    numbers = atoms.numbers.copy()
+    numbers[::3] = 47
+    atoms.numbers = numbers
+    model = _model([29, 47], preset=preset, cutoff=4.5)
+    _check_chunks(model, atoms, [1, 2, 37, 200], True, ("layerwise",), cutoff=4.5)
+
+
+def test_charge_spin() -> None:
+    """Layer 0's input carries the graph state (not a species table)."""
+    model = _model([29], charge_spin=True)
+    charge = torch.tensor([1.0], dtype=torch.float64)
+    spin = torch.tensor([2.0], dtype=torch.float64)
+    _check_chunks(model, _copper(), [2, 37], True, charge=charge, spin=spin)
+
+
+@pytest.mark.parametrize("head_readout", [False, True])
+def test_two_heads_second_head(head_readout: bool) -> None:
+    model = _model([29], heads=["pbe", "r2scan"], head_readout=head_readout)
+    _check_chunks(model, _copper(), [2, 37], True, head=torch.tensor([1]))
+
+
 def test_molecule() -> None:
     atoms = _copper(3)
     atoms.pbc = False
     atoms.cell = None
-    _check_chunks(_model([29]), atoms, [1, 10, 50], stress=False)
+    _check_chunks(_model([29]), atoms, [1, 2, 10, 50], stress=False)
 
 
 def test_morton_order_is_a_permutation() -> None:
@@ -84,23 +135,29 @@ def test_morton_order_is_a_permutation() -> None:
     assert sorted(morton_order(positions).tolist()) == list(range(500))
 
 
-def test_calculator_chunks_when_over_budget(tmp_path) -> None:
-    model = _model([29])
+@pytest.mark.parametrize("state", [False, True], ids=["plain", "charge_spin_heads"])
+def test_calculator_chunks_when_over_budget(tmp_path, state: bool) -> None:
+    hyper = {"charge_spin": True, "heads": ["pbe", "r2scan"]} if state else {}
+    model = _model([29], **hyper)
     path = save(model, tmp_path / "model.pt")
     atoms = _copper()
-    whole = MLIPCalculator(path, chunk_atoms=10**9)
+    atoms.info.update({"charge": 1, "spin": 2} if state else {})
+    head = "r2scan" if state else None
+    whole = MLIPCalculator(path, chunk_atoms=10**9, head=head)
     atoms.calc = whole
     reference = {name: atoms.get_properties([name])[name] for name in ("energy", "stress")}
     reference["forces"] = atoms.get_forces()
     reference["energies"] = atoms.get_potential_energies()
     assert whole.chunked.last_chunks == 0  # evaluated as one structure
 
-    # a budget below the structure's estimated need, above one chunk's
-    budgeted = MLIPCalculator(path)
+    # a budget below the structure's estimated need (2 x 256 atom-layers), above one
+    # chunk's: layer by layer, 100 receivers per chunk
+    budgeted = MLIPCalculator(path, head=head)
+    assert budgeted.chunked.layerwise  # the loaded TorchScript file exports the layer methods
     budgeted.chunked.needs_chunks(AtomicGraph.from_atoms(atoms, CUTOFF), torch.device("cpu"))
     per_atom_layer = budgeted.chunked.bytes_per_atom_layer
-    budgeted.chunked.memory_budget = 2 * 150 * per_atom_layer
-    for calculator in (MLIPCalculator(path, chunk_atoms=37), budgeted):
+    budgeted.chunked.memory_budget = 100 * per_atom_layer
+    for calculator in (MLIPCalculator(path, chunk_atoms=37, head=head), budgeted):
         atoms.calc = calculator
         assert abs(atoms.get_potential_energy() - reference["energy"]) < TOLERANCE
         assert np.abs(atoms.get_forces() - reference["forces"]).max() < TOLERANCE

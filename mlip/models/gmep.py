@@ -289,12 +289,14 @@ class _Interaction(nn.Module):
         sender_padded: Tensor,
         max_neighbors: int,
         n_nodes: int,
+        n_atoms: int,
     ) -> Tensor:
         """Atomic basis (D, n_nodes, C) of the first ``n_nodes`` receivers, as GEMMs.
 
         Row ``i * max_neighbors + m`` of ``outer_padded`` (R_table M, K' D) and
         ``sender_padded`` (R_table M,) is the m-th neighbour of receiver i; padding rows have
-        zero basis and sender R_table. ``features`` (D_in, R, C) are the senders' features.
+        zero basis and sender ``n_atoms`` (atoms of the graph). ``features`` (D_in, R, C) are
+        the senders' features, R <= n_atoms.
 
         The moments ``T_i[k, b, s, c] = sum_j B_k(r_ij) Y_b(r_ij) h_up_j[s, c]`` are one batched
         GEMM (n_nodes, K' D, M) x (n_nodes, M, D_in C). Scalar inputs (D_in = 1, paths
@@ -321,13 +323,12 @@ class _Interaction(nn.Module):
         d_in = self.d_in
         # (R, D_in C), sender-major
         up = self.up(features).transpose(0, 1).reshape(features.shape[1], d_in * self.channels)
-        # row R_table (the table's padding sender) of the extended table is zero: padding rows
+        # row n_atoms (the tables' padding sender) of the extended table is zero: padding rows
         # gather it (and index_select saves only the index for backward, unlike index_copy,
-        # which keeps its source alive). Rows between R and R_table exist only when layers
-        # are restricted to fewer receivers and are never gathered.
-        table_nodes = outer_padded.shape[0] // max_neighbors
+        # which keeps its source alive). Rows between R and n_atoms exist only when R is below
+        # the graph's atom count (restricted layers, a layer of a chunk) and are never gathered.
         zero_rows = torch.zeros(
-            (table_nodes + 1 - up.shape[0], up.shape[1]), dtype=up.dtype, device=up.device
+            (n_atoms + 1 - up.shape[0], up.shape[1]), dtype=up.dtype, device=up.device
         )
         extended = torch.cat([up, zero_rows], dim=0)
         rows = n_nodes * max_neighbors
@@ -394,20 +395,19 @@ class _Interaction(nn.Module):
         O = 1, or one column per head with ``head_readout``.
 
         Outputs are for the first ``n_nodes`` atoms (receivers); ``features`` are those of the
-        senders, R >= n_nodes. For a species-factorised first layer, ``features`` is the
-        embedding table (1, S, C). ``tables`` holds the padded neighbour tables of
-        :meth:`GMEP._neighbor_tables`.
+        senders, R >= n_nodes; ``species`` (N,) covers all N >= R atoms of the graph. For a
+        species-factorised first layer, ``features`` is the embedding table (1, S, C).
+        ``tables`` holds the padded neighbour tables of :meth:`GMEP._neighbor_tables`.
         """
+        n_atoms = species.shape[0]
         species = species[:n_nodes]
         if self.species_factorised:
             atomic_basis = self._atomic_basis_species(
                 features, n_nodes, tables["outer"], tables["species_slot"]
             )
-        elif self.receiver_gemm and (
-            sender.shape[0] >= self.receiver_min_neighbors * features.shape[1]
-        ):
+        elif self.receiver_gemm and (sender.shape[0] >= self.receiver_min_neighbors * n_nodes):
             atomic_basis = self._atomic_basis_receiver_gemm(
-                features, tables["outer"], tables["sender"], max_neighbors, n_nodes
+                features, tables["outer"], tables["sender"], max_neighbors, n_nodes, n_atoms
             )
         else:
             atomic_basis = self._atomic_basis_edges(
@@ -512,9 +512,10 @@ class GMEP(AtomicEnergyModel):
         Every receiver must be < ``n_nodes`` (all atoms unless ``layer_receivers`` is given).
 
         Row ``i * M + m`` is the m-th neighbour of atom i. Returns ``outer`` (N M, K' D): spline
-        basis times edge harmonics (zero on padding rows); ``sender`` (N M,): sender atom, N on
-        padding rows; ``species_slot`` (N M,): ``i * S + species(sender)``. The spline basis is
-        the same in every layer (same cutoff and size), so one table serves all of them.
+        basis times edge harmonics (zero on padding rows); ``sender`` (N M,): sender atom, the
+        graph's atom count ``species.shape[0]`` on padding rows; ``species_slot`` (N M,):
+        ``i * S + species(sender)``. The spline basis is the same in every layer (same cutoff
+        and size), so one table serves all of them.
         """
         tables: dict[str, Tensor] = {}
         if not self.uses_tables:
@@ -530,7 +531,7 @@ class GMEP(AtomicEnergyModel):
             (rows, edge_sh.shape[1]), dtype=edge_sh.dtype, device=device
         ).index_copy(0, slot, edge_sh)
         tables["outer"] = (basis_padded.unsqueeze(2) * sh_padded.unsqueeze(1)).reshape(rows, -1)
-        sender_padded = torch.full((rows,), n_nodes, dtype=sender.dtype, device=device)
+        sender_padded = torch.full((rows,), species.shape[0], dtype=sender.dtype, device=device)
         sender_padded = sender_padded.index_copy(0, slot, sender)
         tables["sender"] = sender_padded
         extended_species = torch.cat([species, torch.zeros_like(species[:1])])
@@ -539,6 +540,124 @@ class GMEP(AtomicEnergyModel):
             0, sender_padded
         )
         return tables, max_neighbors
+
+    def _geometry(
+        self, data: dict[str, Tensor], species: Tensor, n_receivers: int
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor], int]:
+        """Edge harmonics (E, D) and lengths (E,) Å of ``data``'s edges, its neighbour tables
+        (:meth:`_neighbor_tables` of the first ``n_receivers`` atoms) and their width M."""
+        edge_index = data[keys.EDGE_INDEX]
+        vectors = self.edge_vectors(data)
+        lengths = torch.linalg.norm(vectors, dim=-1)
+        edge_sh = self.edge_sh(vectors)
+        tables, max_neighbors = self._neighbor_tables(
+            edge_sh, lengths, edge_index[1], edge_index[0], species, n_receivers
+        )
+        return edge_sh, lengths, tables, max_neighbors
+
+    def _initial_features(self, data: dict[str, Tensor], species: Tensor, heads: Tensor) -> Tensor:
+        """Input of layer 0: (1, N, C), or the species table (1, S, C) when it is factorised.
+
+        The embedding of each atom's species plus, with a graph state (charge/spin, several
+        heads), its structure's state vector; no dependence on positions.
+        """
+        if self.first_layer_factorised:
+            features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
+        else:
+            features = self.embedding.index_select(0, species).unsqueeze(0)  # (1, N, C)
+        graph_state = self.graph_state
+        if graph_state is not None:
+            state = graph_state(data, heads)  # (B, C)
+            features = features + state.index_select(0, data[keys.BATCH]).unsqueeze(0)
+        return features
+
+    def _layer(
+        self,
+        t: int,
+        features: Tensor,
+        species: Tensor,
+        atom_heads: Tensor,
+        edge_index: Tensor,
+        geometry: tuple[Tensor, Tensor, dict[str, Tensor], int],
+        n_receivers: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Layer t: output features (D_out, n_receivers, C) and the receivers' learned energy
+        contributions (n_receivers,), model dtype. The one place a layer's energy contribution
+        is formed (with ``head_readout``: the column of each atom's head, ``atom_heads`` (N,)),
+        for :meth:`forward` and :meth:`layer_forward` alike."""
+        edge_sh, lengths, tables, max_neighbors = geometry
+        inv_avg = self.inverse_neighbors(atom_heads)  # scalar, or (N, 1) with heads
+        if inv_avg.dim() > 0:
+            inv_avg = inv_avg[:n_receivers]
+        out = features
+        contribution = features.new_zeros(0)
+        for i, layer in enumerate(self.layers):  # TorchScript: a ModuleList takes no int index
+            if i == t:
+                out, contribution = layer(
+                    features,
+                    species,
+                    edge_sh,
+                    lengths,
+                    edge_index[1],
+                    edge_index[0],
+                    inv_avg,
+                    tables,
+                    max_neighbors,
+                    n_receivers,
+                )
+        if contribution.shape[1] > 1:  # head_readout: the column of each atom's head
+            contribution = contribution.gather(1, atom_heads[:n_receivers].unsqueeze(1))
+        return out, contribution.squeeze(1)
+
+    @torch.jit.export
+    def initial_features(self, data: dict[str, Tensor]) -> Tensor:
+        """Input features of layer 0 of ``data``'s atoms: (1, N, C), or (1, S, C) per species
+        when :attr:`first_layer_factorised`; they do not depend on positions (layer-by-layer
+        evaluation, :mod:`mlip.chunked`)."""
+        species = self._species(data[keys.ATOMIC_NUMBERS])
+        heads = self._heads(data, data[keys.NUM_ATOMS].shape[0])
+        return self._initial_features(data, species, heads)
+
+    @torch.jit.export
+    def layer_forward(
+        self, t: int, features: Tensor, data: dict[str, Tensor], n_receivers: int
+    ) -> tuple[Tensor, Tensor]:
+        """Interaction layer t alone, on ``data``'s graph, for its first ``n_receivers`` atoms.
+
+        Args:
+            t: layer index, 0 <= t < num_layers.
+            features: (D_t, N, C) input features of layer t of all N atoms of ``data``
+                (:meth:`initial_features` for t = 0), model dtype.
+            data: graph dict as for :meth:`forward`; every edge's receiver must be one of the
+                first ``n_receivers`` atoms (a chunk of receivers followed by their senders).
+            n_receivers: atoms whose layer-t output is computed.
+
+        Returns:
+            output features (D_{t+1}, n_receivers, C) (the input of layer t + 1) and the
+            receivers' energy contributions (n_receivers,) of layer t, model dtype, unscaled
+            (``atomic`` of :meth:`atom_energies` is their sum over layers).
+        """
+        if t < 0 or t >= len(self.layers):
+            raise ValueError(
+                "layer index " + str(t) + " out of range for " + str(len(self.layers)) + " layers"
+            )
+        species = self._species(data[keys.ATOMIC_NUMBERS])
+        heads = self._heads(data, data[keys.NUM_ATOMS].shape[0])
+        atom_heads = heads.index_select(0, data[keys.BATCH])
+        geometry = self._geometry(data, species, n_receivers)
+        return self._layer(
+            t, features, species, atom_heads, data[keys.EDGE_INDEX], geometry, n_receivers
+        )
+
+    @torch.jit.export
+    def atom_energies(self, atomic: Tensor, data: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``energy`` (B,) and ``energies`` (N,), float64 eV, from the learned per-atom energy
+        ``atomic`` (N,) (the sum of :meth:`layer_forward` contributions over layers), as
+        :meth:`forward` ends. ``data`` needs atomic_numbers, batch, num_atoms (and head)."""
+        batch = data[keys.BATCH]
+        n_graphs = data[keys.NUM_ATOMS].shape[0]
+        species = self._species(data[keys.ATOMIC_NUMBERS])
+        return self.total_energy(atomic, species, batch, n_graphs, self._heads(data, n_graphs))
 
     def forward(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Energies of a batch.
@@ -558,54 +677,24 @@ class GMEP(AtomicEnergyModel):
             ``energy`` (B,) eV and ``energies`` (N,) eV, float64.
         """
         positions = data[keys.POSITIONS]
-        edge_index = data[keys.EDGE_INDEX]
         batch = data[keys.BATCH]
         n_graphs = data[keys.NUM_ATOMS].shape[0]
         species = self._species(data[keys.ATOMIC_NUMBERS])
-        receiver = edge_index[0]
-        sender = edge_index[1]
-        dtype = self.embedding.dtype
-        vectors = self.edge_vectors(data)
-        lengths = torch.linalg.norm(vectors, dim=-1)
-        edge_sh = self.edge_sh(vectors)
         n_atoms = positions.shape[0]
         receivers: list[int] = [n_atoms for _ in range(len(self.layers))]
         if keys.LAYER_RECEIVERS in data:
             counts = data[keys.LAYER_RECEIVERS]
             for t in range(len(receivers)):
                 receivers[t] = int(counts[t])
-        tables, max_neighbors = self._neighbor_tables(
-            edge_sh, lengths, sender, receiver, species, receivers[0]
-        )
-
+        geometry = self._geometry(data, species, receivers[0])
         heads = self._heads(data, n_graphs)
-        if self.first_layer_factorised:
-            features = self.embedding.unsqueeze(0)  # (1, S, C): per-species table
-        else:
-            features = self.embedding.index_select(0, species).unsqueeze(0)  # (1, N, C)
         atom_heads = heads.index_select(0, batch)
-        inv_avg = self.inverse_neighbors(atom_heads)  # scalar, or (N, 1) with heads
-        graph_state = self.graph_state
-        if graph_state is not None:
-            state = graph_state(data, heads)  # (B, C)
-            features = features + state.index_select(0, batch).unsqueeze(0)
-        atomic = torch.zeros(n_atoms, dtype=dtype, device=positions.device)
-        for t, layer in enumerate(self.layers):
-            features, contribution = layer(
-                features,
-                species,
-                edge_sh,
-                lengths,
-                sender,
-                receiver,
-                inv_avg if inv_avg.dim() == 0 else inv_avg[: receivers[t]],
-                tables,
-                max_neighbors,
-                receivers[t],
+        features = self._initial_features(data, species, heads)
+        atomic = torch.zeros(n_atoms, dtype=self.embedding.dtype, device=positions.device)
+        for t in range(len(self.layers)):
+            features, contribution = self._layer(
+                t, features, species, atom_heads, data[keys.EDGE_INDEX], geometry, receivers[t]
             )
-            if contribution.shape[1] > 1:  # head_readout: the column of each atom's head
-                contribution = contribution.gather(1, atom_heads[: receivers[t]].unsqueeze(1))
-            contribution = contribution.squeeze(1)
             if receivers[t] < n_atoms:
                 contribution = torch.nn.functional.pad(contribution, [0, n_atoms - receivers[t]])
             atomic = atomic + contribution
