@@ -166,6 +166,8 @@ def run_one(label: str, args: argparse.Namespace, paths: dict[str, str]) -> dict
     overrides = RUNS[label]
     if not any(o.startswith("model.preset=") for o in overrides):
         overrides = ["model.preset=small", *overrides]
+    if args.threads == 1:  # no DataLoader worker process competing for the run's core
+        overrides = [*overrides, "data.num_workers=0"]
     row = train_acac.run_mlip(
         label, paths, args.work_dir, args.minutes, args.threads, args.seed, overrides
     )

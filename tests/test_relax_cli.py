@@ -214,8 +214,9 @@ def test_relax_with_real_mlip_calculator(real_model, inputs, capsys):
 
 
 def test_memory_budget_reaches_the_calculator(real_model, inputs, capsys):
-    """``--memory-budget`` sets the calculator's budget; one too small for a single atom's
-    receptive field, or not positive, is one error line."""
+    """``--memory-budget`` sets the calculator's budget; one too small for one chunk of
+    a single atom (next to the stored layer features), or not positive, is one error line that
+    names the file, the frame and the budget."""
     write("cu.cif", bulk("Cu", "fcc", a=3.62, cubic=True).repeat((2, 2, 2)))
     calcs = []
     factory = cli_common.make_calculator
@@ -231,7 +232,9 @@ def test_memory_budget_reaches_the_calculator(real_model, inputs, capsys):
         assert calcs[-1].chunked.memory_budget == 2.5e9
         capsys.readouterr()
         assert relax_cli.main([*argv, "--memory-budget", "1e-7"]) == 1
-        assert "is too small: one atom's receptive field" in _error_line(capsys)
+        line = _error_line(capsys)
+        assert "cu.cif (frame 0): memory budget 0.00 GiB is too small" in line
+        assert "KiB per atom and layer" in line
         assert relax_cli.main([*argv, "--memory-budget", "0"]) == 1
         assert "--memory-budget must be a positive number of GB, got 0.0" in _error_line(capsys)
 
@@ -329,7 +332,7 @@ def test_ctrl_c_keeps_finished_structures(inputs):
     import time
 
     cuau = read(Path(__file__).resolve().parents[1] / "data" / "demo" / "CuAu_rattled.cif")
-    write("many.extxyz", [cuau] * 200)  # far more than can finish before the signal
+    write("many.extxyz", [cuau] * 2000)  # far more than can finish before the signal
     script = "import sys; from calculators.relax_cli import main; sys.exit(main(sys.argv[1:]))"
     argv = ["many.extxyz", "--steps", "15", "--fmax", "1e-9", "--summary", "s.csv"]
     argv += ["--summary", "s.json", "--progress-every", "0"]
@@ -352,8 +355,8 @@ def test_ctrl_c_keeps_finished_structures(inputs):
     with open("s.csv") as handle:
         rows = list(csv.DictReader(handle))
     structures = json.loads(Path("s.json").read_text())["structures"]
-    assert 2 <= len(relaxed) == len(rows) == len(structures) < 200
-    assert f"interrupted after {len(rows)} of 200" in lines[0]
+    assert 2 <= len(relaxed) == len(rows) == len(structures) < 2000
+    assert f"interrupted after {len(rows)} of 2000" in lines[0]
     assert [a.info["source_frame"] for a in relaxed] == list(range(len(rows)))
 
 
