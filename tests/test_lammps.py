@@ -8,6 +8,7 @@ venv in a subprocess; atoms are compared by the ids of a ``read_data`` file.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,9 +140,12 @@ pair_coeff * * {elements}
 """
 
 
-def single_point(plugin: Path, model: Path, workdir: Path, elements: str, nprocs: int = 1):
-    """Energy, virial (eV, xx yy zz xy xz yz), and per-atom columns sorted by atom id."""
-    script = setup_lines(plugin, model, elements) + (
+def single_point(
+    plugin: Path, model: Path, workdir: Path, elements: str, nprocs: int = 1, extra: str = ""
+):
+    """Energy, virial (eV, xx yy zz xy xz yz), and per-atom columns sorted by atom id;
+    ``extra``: pair_style keywords; ``log``: LAMMPS' output."""
+    script = setup_lines(plugin, model, elements, extra) + (
         "compute pea all pe/atom\n"
         "compute sa all stress/atom NULL virial\n"
         "compute vir all pressure NULL virial\n"
@@ -165,6 +169,7 @@ def single_point(plugin: Path, model: Path, workdir: Path, elements: str, nprocs
         "forces": columns[:, 1:4],
         "energies": columns[:, 4],
         "atom_virial": -columns[:, 5:11] / NKTV2P_METAL,  # stress/atom is -virial, bar A^3
+        "log": out,
     }
 
 
@@ -256,6 +261,33 @@ def test_two_ranks_equal_one(plugin, model64, tmp_path):
         assert_close(two[key], one[key], 1e-10, f"{key}, 2 ranks vs 1")
 
 
+# ---------------------------------------------------------------- chunks
+@pytest.mark.parametrize(
+    "structure, nprocs, chunk_atoms",
+    [("orthorhombic", 1, 1), ("orthorhombic", 1, 29), ("triclinic", 1, 7), ("large", 2, 13)],
+)
+def test_chunked_equals_whole(plugin, model64, tmp_path, structure, nprocs, chunk_atoms):
+    """``chunk_atoms`` (layer by layer over chunks of receivers, down to one atom per chunk,
+    across ranks) gives the whole-graph energy, forces, per-atom energies and virials."""
+    atoms = cu_au(repeat=3, seed=5) if structure == "large" else STRUCTURES[structure][0]()
+    results = {}
+    for extra in ("", f"chunk_atoms {chunk_atoms}"):
+        workdir = tmp_path / (extra.replace(" ", "_") or "whole")
+        workdir.mkdir()
+        write_data(workdir / "data.lmp", atoms, ["Cu", "Au"], simple_types(atoms))
+        results[extra] = single_point(plugin, model64, workdir, "Cu Au", nprocs, extra)
+    whole, chunked = results[""], results[f"chunk_atoms {chunk_atoms}"]
+    reported = re.search(r"pair_style mlip: ([0-9.]+) chunks per evaluation", chunked["log"])
+    assert reported and float(reported.group(1)) > 1, chunked["log"][-1500:]
+    for key in ("energy", "virial", "forces", "energies", "atom_virial"):
+        assert_close(chunked[key], whole[key], 1e-10, f"{key}, chunks of {chunk_atoms} vs whole")
+
+
+def _egnn_model(path: Path) -> Path:
+    model = build_model("egnn", species=[29, 79], cutoff=4.0, channels=8, num_radial=6)
+    return save(model.eval(), path)
+
+
 # ---------------------------------------------------------------- NVE
 def test_nve_conserves_energy(plugin, model64, tmp_path):
     """1000 steps of 0.5 fs at 300 K: same drift bound as the ASE NVE test (1e-4 eV/atom)."""
@@ -330,6 +362,18 @@ BAD_INPUTS = {
     "not an element": (lambda d: DEMO_MODEL, "Cu Xy", "", "Xy (atom type 2) is not a chemical"),
     "newton pair off": (lambda d: DEMO_MODEL, "Cu Au", "", "requires newton pair on"),
     "unavailable device": (lambda d: DEMO_MODEL, "Cu Au", "device cuda", "no usable CUDA"),
+    "negative chunk_atoms": (
+        lambda d: DEMO_MODEL,
+        "Cu Au",
+        "chunk_atoms -3",
+        "chunk_atoms must be >= 0 (0: no chunks), got -3",
+    ),
+    "chunks for a model without layers": (
+        lambda d: _egnn_model(d / "egnn.pt"),
+        "Cu Au",
+        "chunk_atoms 10",
+        "cannot be evaluated in chunks (it exports no initial_features method",
+    ),
 }
 
 

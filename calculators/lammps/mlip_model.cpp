@@ -6,6 +6,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cctype>
 #include <climits>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <map>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -154,6 +156,25 @@ std::string first_line(const std::string &text) {
   return line.empty() ? "unknown error" : line;
 }
 
+// One line saying why an evaluation failed: running out of memory says so and what helps; a
+// TorchScript interpreter error is reported by its last line (the error itself), not its header.
+std::string evaluation_error(const std::string &text, int nall, bool chunked) {
+  if (text.find("can't allocate memory") != std::string::npos ||
+      text.find("out of memory") != std::string::npos)
+    return "out of memory evaluating " + std::to_string(nall) + " atoms (owned + ghosts) on "
+           "this rank" + (chunked ? std::string(" even in chunks: use a smaller chunk_atoms or more MPI ranks")
+                                  : std::string(": use more MPI ranks, or pair_style mlip ... chunk_atoms N "
+                                                "(e.g. 2000) to evaluate layer by layer in chunks"));
+  if (text.rfind("The following operation failed in the TorchScript interpreter", 0) == 0) {
+    std::istringstream lines(text);
+    std::string line, last;
+    while (std::getline(lines, line))
+      if (line.find_first_not_of(" \t") != std::string::npos) last = line;
+    if (!last.empty()) return last.substr(last.find_first_not_of(" \t"));
+  }
+  return first_line(text);
+}
+
 double number_field(const Json &meta, const std::string &key, const std::string &path) {
   const Json *value = meta.get(key);
   if (value == nullptr || value->kind != Json::Number)
@@ -251,12 +272,264 @@ void keep_freed_memory() {
 #endif
 }
 
+// Gradients of the owned atoms' energy, from either evaluation path.
+struct EnergyGradients {
+  torch::Tensor energies;  // (nall,) float64 eV; only the first nlocal are owned atoms' energies
+  torch::Tensor dpos;      // (nall, 3) dE/dx, float64 (undefined: no position dependence)
+  torch::Tensor dshift;    // (E, 3) dE/dr_e per edge (undefined unless asked for)
+};
+
+// The model input of a graph: identity cell, so an edge's shift is added to its vector as is.
+c10::Dict<std::string, torch::Tensor> graph_input(const torch::Tensor &pos,
+                                                  const torch::Tensor &numbers,
+                                                  const torch::Tensor &edge_index,
+                                                  const torch::Tensor &shifts) {
+  const auto device = pos.device();
+  const int64_t n = pos.size(0);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  c10::Dict<std::string, torch::Tensor> data;
+  data.insert("positions", pos);
+  data.insert("atomic_numbers", numbers);
+  data.insert("cell", torch::eye(3, f64).reshape({1, 3, 3}));
+  data.insert("pbc", torch::zeros({1, 3}, torch::TensorOptions().dtype(torch::kBool).device(device)));
+  data.insert("edge_index", edge_index);
+  data.insert("cell_shifts", shifts);
+  data.insert("batch", torch::zeros({n}, i64));
+  data.insert("num_atoms", torch::full({1}, n, i64));
+  return data;
+}
+
+EnergyGradients whole_graph(torch::jit::Module &model, int nlocal, const torch::Tensor &positions,
+                            const torch::Tensor &numbers, const torch::Tensor &edge_index,
+                            const torch::Tensor &shifts, bool edge_grad) {
+  torch::Tensor pos = positions.detach().requires_grad_(true);
+  torch::Tensor edge_shifts = shifts.detach();
+  if (edge_grad) edge_shifts.requires_grad_(true);
+  auto result =
+      model.forward({graph_input(pos, numbers, edge_index, edge_shifts)}).toGenericDict();
+  EnergyGradients out;
+  out.energies = result.at("energies").toTensor().to(torch::kFloat64);
+  torch::Tensor local_energy = out.energies.slice(0, 0, nlocal).sum();
+  std::vector<torch::Tensor> inputs{pos};
+  if (edge_grad) inputs.push_back(edge_shifts);
+  auto grads = torch::autograd::grad({local_energy}, inputs, {}, false, false, true);
+  out.energies = out.energies.detach();
+  out.dpos = grads[0];
+  if (edge_grad) out.dshift = grads[1];
+  return out;
+}
+
+// Receivers of layer-by-layer chunks: the owned atoms and every atom with an incoming edge, in
+// Morton (Z-curve) order of their positions so that a chunk is compact and has few senders.
+std::vector<int64_t> receivers_in_space_order(int nlocal, const std::vector<int64_t> &count,
+                                              const torch::Tensor &positions_cpu) {
+  const int64_t nall = static_cast<int64_t>(count.size());
+  const double *x = positions_cpu.data_ptr<double>();
+  std::vector<int64_t> atoms;
+  for (int64_t i = 0; i < nall; ++i)
+    if (i < nlocal || count[i] > 0) atoms.push_back(i);
+  if (atoms.empty()) return atoms;
+  double lo[3], hi[3];
+  for (int k = 0; k < 3; ++k) lo[k] = hi[k] = x[3 * atoms[0] + k];
+  for (int64_t i : atoms)
+    for (int k = 0; k < 3; ++k) {
+      lo[k] = std::min(lo[k], x[3 * i + k]);
+      hi[k] = std::max(hi[k], x[3 * i + k]);
+    }
+  auto spread = [](uint64_t v) {  // 21 bits -> every third bit of 63
+    v &= 0x1fffff;
+    v = (v | v << 32) & 0x1f00000000ffffULL;
+    v = (v | v << 16) & 0x1f0000ff0000ffULL;
+    v = (v | v << 8) & 0x100f00f00f00f00fULL;
+    v = (v | v << 4) & 0x10c30c30c30c30c3ULL;
+    v = (v | v << 2) & 0x1249249249249249ULL;
+    return v;
+  };
+  std::vector<std::pair<uint64_t, int64_t>> keyed;
+  keyed.reserve(atoms.size());
+  for (int64_t i : atoms) {
+    uint64_t key = 0;
+    for (int k = 0; k < 3; ++k) {
+      const double span = hi[k] - lo[k];
+      const double unit = span > 0 ? (x[3 * i + k] - lo[k]) / span : 0.0;
+      key |= spread(static_cast<uint64_t>(unit * 2097151.0)) << k;
+    }
+    keyed.emplace_back(key, i);
+  }
+  std::sort(keyed.begin(), keyed.end());
+  for (size_t k = 0; k < keyed.size(); ++k) atoms[k] = keyed[k].second;
+  return atoms;
+}
+
+// One chunk: its receivers first, then their other senders; the edges into its receivers.
+struct Chunk {
+  int64_t n_receivers = 0;
+  torch::Tensor atoms;       // (n,) indices into the nall atoms, device
+  torch::Tensor receivers;   // (n_receivers,) = atoms[:n_receivers], device
+  torch::Tensor edges;       // (E_c,) edge ids, device
+  torch::Tensor edge_index;  // (2, E_c) local indices, device
+};
+
+std::vector<Chunk> plan_chunks(int nlocal, int64_t chunk_atoms, const torch::Tensor &edge_index,
+                               const torch::Tensor &positions, torch::Device device) {
+  const int64_t nall = positions.size(0);
+  torch::Tensor index_cpu = edge_index.to(torch::kCPU).contiguous();
+  const int64_t n_edges = index_cpu.size(1);
+  const int64_t *receiver = index_cpu.data_ptr<int64_t>();
+  const int64_t *sender = receiver + n_edges;
+  std::vector<int64_t> count(nall, 0), start(nall + 1, 0), order(n_edges);
+  for (int64_t e = 0; e < n_edges; ++e) ++count[receiver[e]];
+  for (int64_t i = 0; i < nall; ++i) start[i + 1] = start[i] + count[i];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  for (int64_t e = 0; e < n_edges; ++e) order[fill[receiver[e]]++] = e;
+  torch::Tensor positions_cpu = positions.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const std::vector<int64_t> atoms = receivers_in_space_order(nlocal, count, positions_cpu);
+
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  std::vector<int64_t> local(nall, -1);
+  std::vector<Chunk> chunks;
+  for (size_t first = 0; first < atoms.size(); first += static_cast<size_t>(chunk_atoms)) {
+    const size_t last = std::min(atoms.size(), first + static_cast<size_t>(chunk_atoms));
+    std::vector<int64_t> members(atoms.begin() + first, atoms.begin() + last);
+    for (size_t k = 0; k < members.size(); ++k) local[members[k]] = static_cast<int64_t>(k);
+    std::vector<int64_t> edges, rows;
+    for (size_t k = 0; k < last - first; ++k)
+      for (int64_t p = start[members[k]]; p < start[members[k] + 1]; ++p) edges.push_back(order[p]);
+    rows.reserve(2 * edges.size());
+    for (int64_t e : edges) {
+      const int64_t j = sender[e];
+      if (local[j] < 0) {
+        local[j] = static_cast<int64_t>(members.size());
+        members.push_back(j);
+      }
+    }
+    for (int64_t e : edges) rows.push_back(local[receiver[e]]);
+    for (int64_t e : edges) rows.push_back(local[sender[e]]);
+    for (int64_t i : members) local[i] = -1;
+    Chunk chunk;
+    chunk.n_receivers = static_cast<int64_t>(last - first);
+    const int64_t n_edges_chunk = static_cast<int64_t>(edges.size());
+    chunk.atoms = torch::tensor(members, i64).to(device);
+    chunk.receivers = chunk.atoms.slice(0, 0, chunk.n_receivers);
+    chunk.edges = torch::tensor(edges, i64).to(device);
+    chunk.edge_index = torch::tensor(rows, i64).reshape({2, n_edges_chunk}).to(device);
+    chunks.push_back(std::move(chunk));
+  }
+  return chunks;
+}
+
+// Layer by layer over chunks of receivers, as mlip.chunked's layer-by-layer method: a no-grad
+// sweep stores every layer's input features of all atoms; a backward sweep from the last layer
+// down rebuilds one layer of one chunk at a time with autograd and passes dE/d(features) to the
+// layer before. Atoms that receive no edge (the outermost ghosts) keep zero features beyond
+// layer 0: they only send to ghosts whose outputs no owned energy depends on.
+EnergyGradients layer_by_layer(torch::jit::Module &model, int num_layers, int nlocal,
+                               const std::vector<Chunk> &chunks, const torch::Tensor &positions,
+                               const torch::Tensor &numbers, const torch::Tensor &shifts,
+                               bool edge_grad) {
+  const int64_t nall = positions.size(0);
+  const auto device = positions.device();
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  torch::jit::Method initial_features = model.get_method("initial_features");
+  torch::jit::Method layer_forward = model.get_method("layer_forward");
+  torch::jit::Method atom_energies = model.get_method("atom_energies");
+  auto chunk_input = [&](const Chunk &chunk, torch::Tensor &pos, torch::Tensor &edge_shifts,
+                         bool grad) {
+    pos = positions.index_select(0, chunk.atoms).detach();
+    edge_shifts = shifts.index_select(0, chunk.edges).detach();
+    if (grad) pos.requires_grad_(true);
+    if (grad && edge_grad) edge_shifts.requires_grad_(true);
+    return graph_input(pos, numbers.index_select(0, chunk.atoms), chunk.edge_index, edge_shifts);
+  };
+
+  // inputs[t]: (D_t, nall, C) input features of layer t >= 1 (inputs[0] stays undefined)
+  std::vector<torch::Tensor> inputs(num_layers);
+  {
+    torch::NoGradGuard no_grad;
+    for (int t = 0; t + 1 < num_layers; ++t) {
+      torch::Tensor features;
+      for (const Chunk &chunk : chunks) {
+        torch::Tensor pos, edge_shifts;
+        auto data = chunk_input(chunk, pos, edge_shifts, false);
+        torch::Tensor layer_in = t == 0 ? initial_features({data}).toTensor()
+                                        : inputs[t].index_select(1, chunk.atoms);
+        torch::Tensor out =
+            layer_forward({t, layer_in, data, chunk.n_receivers}).toTuple()->elements()[0].toTensor();
+        if (!features.defined()) features = torch::zeros({out.size(0), nall, out.size(2)}, out.options());
+        features.index_copy_(1, chunk.receivers, out);
+      }
+      inputs[t + 1] = features;
+    }
+  }
+  c10::Dict<std::string, torch::Tensor> whole;
+  whole.insert("atomic_numbers", numbers);
+  whole.insert("batch", torch::zeros({nall}, i64));
+  whole.insert("num_atoms", torch::full({1}, nall, i64));
+  // s_i = dE/de_i for owned atoms (the model's energy scale), 0 for ghosts
+  torch::Tensor probe = torch::zeros({nall}, f64.requires_grad(true));
+  torch::Tensor probe_energy =
+      atom_energies({probe, whole}).toGenericDict().at("energy").toTensor().sum();
+  torch::Tensor scale = torch::autograd::grad({probe_energy}, {probe})[0].detach().clone();
+  scale.slice(0, nlocal, nall).zero_();
+
+  EnergyGradients out;
+  out.dpos = torch::zeros({nall, 3}, f64);
+  if (edge_grad) out.dshift = torch::zeros({shifts.size(0), 3}, f64);
+  std::vector<torch::Tensor> contributions(num_layers);  // (nall,) per layer, model dtype
+  torch::Tensor grad_out;     // dE/d(output of layer t) of every atom
+  for (int t = num_layers - 1; t >= 0; --t) {
+    torch::Tensor grad_in = t > 0 ? torch::zeros_like(inputs[t]) : torch::Tensor();
+    torch::Tensor contribution;
+    for (const Chunk &chunk : chunks) {
+      torch::Tensor pos, edge_shifts;
+      auto data = chunk_input(chunk, pos, edge_shifts, true);
+      torch::Tensor layer_in = t == 0 ? initial_features({data}).toTensor()
+                                      : inputs[t].index_select(1, chunk.atoms).requires_grad_(true);
+      auto result = layer_forward({t, layer_in, data, chunk.n_receivers}).toTuple();
+      torch::Tensor layer_out = result->elements()[0].toTensor();
+      torch::Tensor chunk_contribution = result->elements()[1].toTensor();
+      std::vector<torch::Tensor> outputs{chunk_contribution};
+      std::vector<torch::Tensor> grad_outputs{
+          scale.index_select(0, chunk.receivers).to(chunk_contribution.scalar_type())};
+      if (grad_out.defined()) {
+        outputs.push_back(layer_out);
+        grad_outputs.push_back(grad_out.index_select(1, chunk.receivers));
+      }
+      std::vector<torch::Tensor> wrt{pos};
+      if (edge_grad) wrt.push_back(edge_shifts);
+      if (t > 0) wrt.push_back(layer_in);
+      auto grads = torch::autograd::grad(outputs, wrt, grad_outputs, false, false, true);
+      if (grads[0].defined()) out.dpos.index_add_(0, chunk.atoms, grads[0].to(torch::kFloat64));
+      if (edge_grad && grads[1].defined())
+        out.dshift.index_add_(0, chunk.edges, grads[1].to(torch::kFloat64));
+      if (t > 0 && grads.back().defined()) grad_in.index_add_(1, chunk.atoms, grads.back());
+      if (!contribution.defined()) contribution = torch::zeros({nall}, chunk_contribution.options());
+      contribution.index_copy_(0, chunk.receivers, chunk_contribution.detach());
+    }
+    contributions[t] = contribution;
+    inputs[t] = torch::Tensor();
+    grad_out = grad_in;
+  }
+  torch::Tensor atomic = contributions[0];
+  for (int t = 1; t < num_layers; ++t) atomic = atomic + contributions[t];  // as forward sums
+  {
+    torch::NoGradGuard no_grad;
+    out.energies =
+        atom_energies({atomic, whole}).toGenericDict().at("energies").toTensor().to(torch::kFloat64);
+  }
+  return out;
+}
+
 }  // namespace
 
 struct Model::Impl {
   ModelInfo info;
   torch::Device device{torch::kCPU};
   torch::jit::Module energy_model;
+  int64_t chunk_atoms = 0;
+  int last_chunks = 0;
 };
 
 Model::Model(const std::string &path, const std::string &device, int threads)
@@ -287,6 +560,24 @@ Model::~Model() = default;
 
 const ModelInfo &Model::info() const { return impl_->info; }
 
+void Model::set_chunk_atoms(int64_t atoms) {
+  if (atoms < 0) throw std::runtime_error("chunk_atoms must be >= 0 (0: no chunks), got " +
+                                          std::to_string(atoms));
+  if (atoms > 0)
+    for (const char *name : {"initial_features", "layer_forward", "atom_energies"})
+      if (!impl_->energy_model.find_method(name))
+        throw std::runtime_error(
+            std::string("this model cannot be evaluated in chunks (it exports no ") + name +
+            " method: not a GMEP model, or a GMEP file exported before layer-by-layer "
+            "evaluation existed, which mlip-export can re-export from its checkpoint); drop "
+            "chunk_atoms");
+  impl_->chunk_atoms = atoms;
+}
+
+int64_t Model::chunk_atoms() const { return impl_->chunk_atoms; }
+
+int Model::last_chunks() const { return impl_->last_chunks; }
+
 void Model::evaluate(int nlocal, int nall, const double *positions,
                      const int64_t *atomic_numbers, const std::vector<int64_t> &receivers,
                      const std::vector<int64_t> &senders, const std::vector<double> &shifts,
@@ -299,7 +590,6 @@ void Model::evaluate(int nlocal, int nall, const double *positions,
   try {
     torch::Tensor pos =
         torch::from_blob(const_cast<double *>(positions), {nall, 3}, f64).to(device, false, true);
-    pos.requires_grad_(true);
     torch::Tensor numbers =
         torch::from_blob(const_cast<int64_t *>(atomic_numbers), {nall}, i64).to(device, false, true);
     torch::Tensor receiver =
@@ -311,36 +601,33 @@ void Model::evaluate(int nlocal, int nall, const double *positions,
     const bool edge_grad = want_virial || want_atom_virial;
     torch::Tensor edge_shifts =
         torch::from_blob(const_cast<double *>(shifts.data()), {n_edges, 3}, f64).to(device, false, true);
-    if (edge_grad) edge_shifts.requires_grad_(true);
-    c10::Dict<std::string, torch::Tensor> data;
-    data.insert("positions", pos);
-    data.insert("atomic_numbers", numbers);
-    data.insert("cell", torch::eye(3, f64.device(device)).reshape({1, 3, 3}));
-    data.insert("pbc", torch::zeros({1, 3}, torch::TensorOptions().dtype(torch::kBool).device(device)));
-    data.insert("edge_index", edge_index);
-    data.insert("cell_shifts", edge_shifts);
-    data.insert("batch", torch::zeros({nall}, i64.device(device)));
-    data.insert("num_atoms", torch::full({1}, static_cast<int64_t>(nall), i64.device(device)));
-    auto result = impl_->energy_model.forward({data}).toGenericDict();
-    torch::Tensor energies = result.at("energies").toTensor().to(torch::kFloat64);
-    torch::Tensor local_energy = energies.slice(0, 0, nlocal).sum();
-    std::vector<torch::Tensor> inputs{pos};
-    if (edge_grad) inputs.push_back(edge_shifts);
-    auto grads = torch::autograd::grad({local_energy}, inputs, {}, false, false, true);
+    EnergyGradients result;
+    std::vector<Chunk> chunks;
+    if (impl_->chunk_atoms > 0 && nall > impl_->chunk_atoms)
+      chunks = plan_chunks(nlocal, impl_->chunk_atoms, edge_index, pos, device);
+    if (chunks.size() > 1) {
+      result = layer_by_layer(impl_->energy_model, impl_->info.num_interactions, nlocal, chunks,
+                              pos, numbers, edge_shifts, edge_grad);
+    } else {
+      result = whole_graph(impl_->energy_model, nlocal, pos, numbers, edge_index, edge_shifts,
+                           edge_grad);
+    }
+    impl_->last_chunks = std::max<int>(1, static_cast<int>(chunks.size()));
 
-    out.energy = local_energy.item<double>();
-    torch::Tensor forces = grads[0].defined() ? -grads[0] : torch::zeros_like(pos);
+    torch::Tensor local = result.energies.slice(0, 0, nlocal).to(torch::kCPU).contiguous();
+    out.energy = local.sum().item<double>();
+    out.energies.assign(local.data_ptr<double>(), local.data_ptr<double>() + nlocal);
+    torch::Tensor forces = result.dpos.defined() ? -result.dpos : torch::zeros_like(pos);
     forces = forces.detach().to(torch::kCPU, torch::kFloat64).contiguous();
     out.forces.assign(forces.data_ptr<double>(), forces.data_ptr<double>() + 3 * nall);
-    torch::Tensor local = energies.slice(0, 0, nlocal).detach().to(torch::kCPU).contiguous();
-    out.energies.assign(local.data_ptr<double>(), local.data_ptr<double>() + nlocal);
 
     if (edge_grad) {
-      torch::Tensor g = grads[1].defined() ? grads[1].detach() : torch::zeros_like(edge_shifts);
       torch::NoGradGuard no_grad;
+      torch::Tensor g =
+          result.dshift.defined() ? result.dshift.detach() : torch::zeros_like(edge_shifts);
       torch::Tensor p = pos.detach();
       torch::Tensor vectors = p.index_select(0, edge_index[1]) - p.index_select(0, edge_index[0]) +
-                              edge_shifts.detach();
+                              edge_shifts;
       // W = -sum_e r_e (x) dE/dr_e, rows xx yy zz xy xz yz (symmetrised off-diagonals)
       torch::Tensor w = -(vectors.unsqueeze(2) * g.unsqueeze(1));  // (E, 3, 3)
       torch::Tensor voigt = torch::stack(
@@ -364,9 +651,11 @@ void Model::evaluate(int nlocal, int nall, const double *positions,
       }
     }
   } catch (const c10::Error &err) {
-    throw std::runtime_error("model evaluation failed: " + first_line(err.what_without_backtrace()));
+    throw std::runtime_error("model evaluation failed: " +
+                             evaluation_error(err.what_without_backtrace(), nall, impl_->chunk_atoms > 0));
   } catch (const std::exception &err) {
-    throw std::runtime_error(std::string("model evaluation failed: ") + first_line(err.what()));
+    throw std::runtime_error("model evaluation failed: " +
+                             evaluation_error(err.what(), nall, impl_->chunk_atoms > 0));
   }
 }
 

@@ -39,6 +39,16 @@ class Model {
 
   const ModelInfo &info() const;
 
+  // Evaluate layer by layer over chunks of at most ``atoms`` receiving atoms, one chunk's
+  // autograd graph of one layer alive at a time (as mlip.chunked does for the ASE side);
+  // 0: the whole graph in one call (the default). Throws std::runtime_error when atoms < 0
+  // or the model does not export the layer-by-layer methods (initial_features,
+  // layer_forward, atom_energies).
+  void set_chunk_atoms(int64_t atoms);
+  int64_t chunk_atoms() const;
+  // Chunks of the last evaluate() call (1 for a whole-graph call).
+  int last_chunks() const;
+
   // positions (nall, 3) Å; atomic_numbers (nall,); edges as receivers and senders (indices
   // into the nall atoms) and shifts (E, 3) Å, flattened: the edge vector is
   // positions[sender] - positions[receiver] + shift (non-zero where the sender stands for a

@@ -1,7 +1,7 @@
 // pair_style mlip: runs an exported mlip model on the owned and ghost atoms of each MPI rank.
 //
 //   plugin load <path printed by mlip-lammps build>
-//   pair_style mlip model.pt [device cpu|cuda|cuda:N] [threads N]
+//   pair_style mlip model.pt [device cpu|cuda|cuda:N] [threads N] [chunk_atoms N]
 //   pair_coeff * * Cu Au
 //
 // Physics: a full neighbour list that includes ghost atoms' neighbours; the graph is the owned
@@ -12,6 +12,10 @@
 // which the global and per-atom virials follow exactly. The ghost shell covers the model's
 // receptive field (num_interactions x cutoff), so owned atoms' energies equal those of the
 // whole periodic system.
+//
+// chunk_atoms N (GMEP models): evaluate layer by layer over chunks of at most N receiving atoms,
+// one chunk's autograd graph of one layer alive at a time, for ranks whose atoms do not fit in
+// memory in one call; results equal the whole-graph call (to rounding). 0, the default: no chunks.
 #include "pair_mlip.h"
 
 #include "atom.h"
@@ -28,6 +32,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 using namespace LAMMPS_NS;
 
@@ -93,6 +98,7 @@ void PairMLIP::settings(int narg, char **arg)
   model_path = arg[0];
   std::string device = "cpu";
   int threads = 1;    // one torch thread per MPI rank unless asked for more
+  bigint chunk_atoms = 0;
   for (int i = 1; i < narg; i += 2) {
     const std::string key = arg[i];
     if (i + 1 >= narg) error->all(FLERR, "pair_style mlip: keyword {} needs a value", key);
@@ -101,8 +107,13 @@ void PairMLIP::settings(int narg, char **arg)
     } else if (key == "threads") {
       threads = utils::inumeric(FLERR, arg[i + 1], false, lmp);
       if (threads < 1) error->all(FLERR, "pair_style mlip: threads must be >= 1, got {}", threads);
+    } else if (key == "chunk_atoms") {
+      chunk_atoms = utils::bnumeric(FLERR, arg[i + 1], false, lmp);
+      if (chunk_atoms < 0)
+        error->all(FLERR, "pair_style mlip: chunk_atoms must be >= 0 (0: no chunks), got {}",
+                   chunk_atoms);
     } else {
-      error->all(FLERR, "pair_style mlip: unknown keyword {} (known: device, threads)", key);
+      error->all(FLERR, "pair_style mlip: unknown keyword {} (known: device, threads, chunk_atoms)", key);
     }
   }
   try {
@@ -110,14 +121,20 @@ void PairMLIP::settings(int narg, char **arg)
   } catch (const std::exception &err) {
     error->all(FLERR, "pair_style mlip: {}", err.what());
   }
+  try {
+    model->set_chunk_atoms(chunk_atoms);
+  } catch (const std::exception &err) {
+    error->all(FLERR, "pair_style mlip: {}: {}", model_path, err.what());
+  }
   cutoff = model->info().cutoff;
   receptive_field = model->info().receptive_field;
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style mlip: {} ({}, cutoff {} A, {} interactions: ghost shell {} A, "
-                   "device {}, {} torch thread(s) per rank)\n",
+                   "device {}, {} torch thread(s) per rank{})\n",
                    model_path, model->info().dtype, cutoff, model->info().num_interactions,
-                   receptive_field, device, threads);
+                   receptive_field, device, threads,
+                   chunk_atoms > 0 ? ", chunks of " + std::to_string(chunk_atoms) + " atoms" : std::string());
 }
 
 void PairMLIP::coeff(int narg, char **arg)
@@ -254,6 +271,8 @@ void PairMLIP::compute(int eflag, int vflag)
   } catch (const std::exception &err) {
     error->one(FLERR, "pair_style mlip: {}", err.what());
   }
+  evaluations += 1.0;
+  chunks += model->last_chunks();
 
   for (int n = 0; n < nnodes; ++n)
     for (int k = 0; k < 3; ++k) f[atom_of[n]][k] += result.forces[3 * n + k];
@@ -270,12 +289,16 @@ void PairMLIP::compute(int eflag, int vflag)
 void PairMLIP::finish()
 {
   // ghost overhead of the run: atoms evaluated per atom owned, summed over ranks and steps
-  double local[3] = {evaluated_atoms, evaluated_edges, owned_atoms}, total[3];
-  MPI_Allreduce(local, total, 3, MPI_DOUBLE, MPI_SUM, world);
+  double local[5] = {evaluated_atoms, evaluated_edges, owned_atoms, evaluations, chunks};
+  double total[5];
+  MPI_Allreduce(local, total, 5, MPI_DOUBLE, MPI_SUM, world);
   if (comm->me == 0 && total[2] > 0)
     utils::logmesg(lmp,
                    "pair_style mlip: {:.3f} atoms evaluated per atom owned, {:.1f} edges per "
                    "atom owned\n",
                    total[0] / total[2], total[1] / total[2]);
-  evaluated_atoms = evaluated_edges = owned_atoms = 0.0;
+  if (comm->me == 0 && model && model->chunk_atoms() > 0 && total[3] > 0)
+    utils::logmesg(lmp, "pair_style mlip: {:.1f} chunks per evaluation (chunk_atoms {})\n",
+                   total[4] / total[3], model->chunk_atoms());
+  evaluated_atoms = evaluated_edges = owned_atoms = evaluations = chunks = 0.0;
 }

@@ -38,6 +38,8 @@ class PairMLIP : public Pair {
   double evaluated_atoms = 0.0;         // graph nodes, summed over steps (for finish())
   double evaluated_edges = 0.0;
   double owned_atoms = 0.0;
+  double evaluations = 0.0;             // model calls and the chunks they took (chunk_atoms)
+  double chunks = 0.0;
 };
 
 }  // namespace LAMMPS_NS
