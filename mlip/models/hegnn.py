@@ -5,10 +5,11 @@ l = 1..L with K channels each, stored as (N, (L + 1)^2 - 1, K). No Clebsch-Gorda
 steerable features enter the messages only through per-degree inner products ("scalarisation"),
 so the cost per edge is one MLP plus O((L + 1)^2 K)::
 
-    v_i^(l)  = sum_j w_l(h_j, |r_ij|) Y_l(r_ij) f_cut / avg              initialisation
+    v_i^(l)  = sum_j tanh(w_l(h_j, |r_ij|)) Y_l(r_ij) f_cut / avg        initialisation
     s_ij^(l) = <v_i^(l), v_j^(l)>   (per channel, summed over m)         scalarisation
     m_ij     = phi_e(h_i, h_j, g(|r_ij|), s_ij) * f_cut(|r_ij|)
-    v_i^(l) += sum_j phi_v(m_ij)_l (v_i^(l) - v_j^(l)) / avg             (not in the last layer)
+    d_ij     = v_i^(l) - v_j^(l)
+    v_i^(l) += sum_j tanh(phi_v(m_ij))_l d_ij / sqrt(1 + |d_ij|^2) / avg  (not in the last layer)
     h_i      = phi_h(m_i)  (t = 0),   h_i += phi_h(h_i, m_i)  (t > 0),   m_i = sum_j m_ij / avg
     e_i      = readout(h_i)
 
@@ -16,8 +17,13 @@ Y are e3nn's real spherical harmonics (component normalisation, natural parity),
 products of equal degrees are O(3)-invariant, and the energy is exactly O(3)-invariant. Unlike
 the reference code, the initial harmonics are not detached (forces need their gradient), and
 there are K channels per degree instead of one. The coordinate update of the paper is left out:
-only the energy is needed, and the steerable features already carry the geometry.
-Bias-free node networks and no skip in the first layer keep an isolated atom at ``e_i = 0``.
+only the energy is needed, and the steerable features already carry the geometry. Bounded steerable
+features: the initial weights and the update gates pass through tanh and each edge's update is
+normalised per degree and channel (as EGNN's ``tanh`` and ``norm_diff`` options bound its
+coordinate update), so ``|v^(l)|`` stays O(1) and the inner products cannot grow with the
+weights. Trained for 10 minutes at the shared AcAc recipe (lr 0.01), the unbounded model ended
+dead (forces 0, test force RMSE 1041 meV/Å); with tanh gates alone the training loss jumped from
+0.7 to 1e6 within one epoch (epoch 84) and the network died the same way.
 """
 
 from __future__ import annotations
@@ -113,9 +119,10 @@ class _HEGNNLayer(nn.Module):
         n_edges = sender.shape[0]
         steerable_i = steerable.index_select(0, receiver)
         steerable_j = steerable.index_select(0, sender)
-        inner = torch.einsum(
-            "edk,dl->elk", steerable_i * steerable_j, self.degree_sum.to(steerable.dtype)
-        ).reshape(n_edges, self.lmax * self.vector_channels)
+        degree_sum = self.degree_sum.to(steerable.dtype)
+        inner = torch.einsum("edk,dl->elk", steerable_i * steerable_j, degree_sum).reshape(
+            n_edges, self.lmax * self.vector_channels
+        )
         hidden = (
             self.receiver_linear(features).index_select(0, receiver)
             + self.sender_linear(features).index_select(0, sender)
@@ -125,8 +132,13 @@ class _HEGNNLayer(nn.Module):
         aggregated = torch.zeros_like(features).index_add(0, receiver, messages) * inv_avg
         steerable_mlp = self.steerable_mlp
         if steerable_mlp is not None:
-            gates = steerable_mlp(messages).reshape(n_edges, self.lmax, self.vector_channels)
-            change = gates.index_select(1, self.degrees) * (steerable_i - steerable_j)
+            gates = torch.tanh(steerable_mlp(messages)).reshape(
+                n_edges, self.lmax, self.vector_channels
+            )
+            difference = steerable_i - steerable_j
+            squared = torch.einsum("edk,dl->elk", difference * difference, degree_sum)
+            scale = gates * torch.rsqrt(1.0 + squared)  # (E, L, K), |change| < 1 per degree
+            change = scale.index_select(1, self.degrees) * difference
             steerable = steerable + torch.zeros_like(steerable).index_add(0, receiver, change) * (
                 inv_avg
             )
@@ -191,9 +203,11 @@ class HEGNN(AtomicEnergyModel):
         harmonics = self.edge_sh(vectors)[:, 1:]  # (E, D - 1), degrees 1..L
         inv_avg = 1.0 / self.avg_num_neighbors
         features = self.embedding(species)
-        weights = self.init_mlp(
-            torch.nn.functional.silu(
-                self.init_sender(features).index_select(0, sender) + self.init_radial(radial)
+        weights = torch.tanh(
+            self.init_mlp(
+                torch.nn.functional.silu(
+                    self.init_sender(features).index_select(0, sender) + self.init_radial(radial)
+                )
             )
         ) * envelope.unsqueeze(-1)
         weights = weights.reshape(n_edges, self.lmax, self.vector_channels)
