@@ -143,7 +143,6 @@ def split_mlearn_si(work: Path, seed: int) -> dict[str, str]:
 # recipe variants for screens: name -> mlip-train overrides on top of the shipped config
 RECIPES: dict[str, list[str]] = {
     "wd": ["train.weight_decay=0.01"],  # AdamW weight decay against overfitting small sets
-    "fw100": ["loss.forces_weight=100.0"],  # forces 10x heavier against energy and stress
 }
 
 
