@@ -374,6 +374,15 @@ BAD_INPUTS = {
         "chunk_atoms 10",
         "cannot be evaluated in chunks (it exports no initial_features method",
     ),
+    "a non-local model (LEFTNet)": (
+        lambda d: save(
+            build_model("leftnet", species=[29, 79], cutoff=4.0, channels=8).eval(),
+            d / "leftnet.pt",
+        ),
+        "Cu Au",
+        "",
+        "this model is not local",
+    ),
 }
 
 
@@ -393,3 +402,30 @@ def test_bad_input_stops_lammps_with_its_message(plugin, tmp_path, case):
     error_lines = [line for line in output.splitlines() if line.startswith("ERROR")]
     assert error_lines, output[-2000:]
     assert message in error_lines[0], error_lines[0]
+
+
+# ---------------------------------------------------------------- other architectures
+@pytest.mark.parametrize(
+    "name, hyper",
+    [
+        ("egnn", dict(channels=8, num_radial=6)),
+        ("hegnn", dict(channels=8, vector_channels=2, lmax=2, num_radial=6)),
+        ("transip", dict(arm="augmentation")),
+    ],
+)
+def test_other_architectures_equal_ase(plugin, tmp_path, name, hyper):
+    """Local non-GMEP models run in LAMMPS exactly like GMEP: energy, forces, per-atom energies
+    and stress equal the ASE calculator's (float64, on 2 ranks: ghosts cover their receptive
+    field)."""
+    torch.manual_seed(0)
+    model = build_model(name, species=[29, 79], cutoff=4.0, dtype=torch.float64, **hyper)
+    path = save(model.eval(), tmp_path / f"{name}.pt")
+    atoms = cu_au(repeat=3, seed=7)
+    write_data(tmp_path / "data.lmp", atoms, ["Cu", "Au"], simple_types(atoms))
+    got = single_point(plugin, path, tmp_path, "Cu Au", nprocs=2)
+    atoms.calc = MLIPCalculator(path)
+    assert_close(got["energy"], atoms.get_potential_energy(), 1e-8, f"{name} energy")
+    assert_close(got["forces"], atoms.get_forces(), 1e-8, f"{name} forces")
+    assert_close(got["energies"], atoms.get_potential_energies(), 1e-8, f"{name} energies")
+    stress = -got["virial"][[0, 1, 2, 5, 4, 3]] / got["volume"]
+    assert_close(stress, atoms.get_stress(), 1e-8, f"{name} stress")
