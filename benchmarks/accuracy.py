@@ -143,12 +143,31 @@ def split_mlearn_si(work: Path, seed: int) -> dict[str, str]:
 # recipe variants for screens: name -> mlip-train overrides on top of the shipped config
 RECIPES: dict[str, list[str]] = {
     "wd": ["train.weight_decay=0.01"],  # AdamW weight decay against overfitting small sets
+    # mlearn: validation forces bottom out early while the energy still improves; weight it more
+    "ew": ["loss.energy_weight=100.0"],
+    # per-atom energy errors of ~4 meV make a squared term ~400x below the forces' at weight 10
+    "ew1000": ["loss.energy_weight=1000.0"],
+    "eswitch": [
+        "loss.switch_fraction=0.4",
+        "loss.switch_energy_weight=1000.0",
+        "loss.switch_forces_weight=10.0",
+        "loss.switch_stress_weight=100.0",
+    ],
+    # AcAc: still falling at 60 minutes under the plateau schedule; decay to min_lr by the end
+    "cosine": ["train.schedule=cosine"],
 }
 
 
-def isolated_e0s(path: Path) -> str:
+def isolated_e0s(path: Path, train_file: str) -> str:
+    """MACE's ``--E0s`` from an isolated-atoms file, for the elements of ``train_file`` only:
+    MACE sizes its E0 table from the training elements and fails on an extra one (rMD17's
+    isolated-atoms file also holds N, which ethanol lacks)."""
+    present = {int(z) for a in read(train_file, ":") for z in a.numbers}
     e0s = {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
-    return "{" + ", ".join(f"{z}: {e!r}" for z, e in e0s.items()) + "}"
+    missing = present - set(e0s)
+    if missing:
+        raise ValueError(f"{path}: no isolated-atom energy for Z = {sorted(missing)}")
+    return "{" + ", ".join(f"{z}: {e!r}" for z, e in sorted(e0s.items()) if z in present) + "}"
 
 
 @dataclass(frozen=True)
@@ -158,7 +177,7 @@ class Dataset:
     split: object  # (work_dir, seed) -> {"train", "valid", "test"} file paths
     config: Path
     mlip_data: list[str]
-    mace_e0s: str
+    mace_e0s: Path | str  # an isolated-atoms file, or a MACE keyword such as "average"
     mace_extra: list[str] = field(default_factory=list)
     mae: bool = False  # the published figures are MAEs
 
@@ -173,7 +192,7 @@ DATASETS = {
             "data.reference_energies=isolated",
             f"data.isolated_atoms={DATA / 'acac/isolated_atoms.xyz'}",
         ],
-        isolated_e0s(DATA / "acac/isolated_atoms.xyz") if (DATA / "acac").exists() else "",
+        DATA / "acac/isolated_atoms.xyz",
     ),
     "ethanol": Dataset(
         split_ethanol,
@@ -183,7 +202,7 @@ DATASETS = {
             "data.reference_energies=isolated",
             f"data.isolated_atoms={DATA / 'ethanol/isolated_atoms.xyz'}",
         ],
-        isolated_e0s(DATA / "ethanol/isolated_atoms.xyz") if (DATA / "ethanol").exists() else "",
+        DATA / "ethanol/isolated_atoms.xyz",
         mae=True,
     ),
     "mlearn_si": Dataset(
@@ -256,8 +275,11 @@ def run_one(key: str, work_root: Path, threads: int, seed: int, mace_venv: Path)
     paths = dataset.split(work, seed)
     load_before = os.getloadavg()
     if model == "mace":
+        e0s = dataset.mace_e0s
+        if isinstance(e0s, Path):
+            e0s = isolated_e0s(e0s, paths["train"])
         row = train_acac.run_mace(
-            paths, work, minutes, threads, seed, mace_venv, dataset.mace_e0s, dataset.mace_extra
+            paths, work, minutes, threads, seed, mace_venv, e0s, dataset.mace_extra
         )
         row["curve"] = mace_curve(row["train_log"], row["started_unix"])
     else:

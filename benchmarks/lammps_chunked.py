@@ -43,9 +43,16 @@ def export_model(preset: str, folder: Path) -> Path:
 
 
 def run_point(
-    plugin: Path, model: Path, atoms, chunk_atoms: int, steps: int, limit_gb: float, folder: Path
+    plugin: Path,
+    model: Path,
+    atoms,
+    chunk_atoms: int,
+    keep_graphs: str,
+    steps: int,
+    limit_gb: float,
+    folder: Path,
 ) -> dict:
-    extra = f"chunk_atoms {chunk_atoms}" if chunk_atoms else ""
+    extra = f"chunk_atoms {chunk_atoms} keep_graphs {keep_graphs}" if chunk_atoms else ""
     lammps.write_nve_input(folder, atoms, plugin, model, 0, steps, extra)
     limit = int(limit_gb * 2**30)
     command = ["prlimit", f"--as={limit}", str(BIN / "lmp"), "-in", "in.bench", "-log", "none"]
@@ -55,7 +62,12 @@ def run_point(
     )
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
-    row = {"atoms": len(atoms), "chunk_atoms": chunk_atoms, "peak_rss_gib": usage.ru_maxrss / 2**20}
+    row = {
+        "atoms": len(atoms),
+        "chunk_atoms": chunk_atoms,
+        "keep_graphs": keep_graphs if chunk_atoms else None,
+        "peak_rss_gib": usage.ru_maxrss / 2**20,
+    }
     loops = lammps.LOOP_TIME.findall(output)
     if os.waitstatus_to_exitcode(status) != 0 or len(loops) < 2:
         tail = " | ".join(output.strip().splitlines()[-3:])
@@ -73,6 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="medium")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 32000])
     parser.add_argument("--chunk-atoms", type=int, nargs="+", default=[0, 2000])
+    parser.add_argument(
+        "--keep-graphs",
+        nargs="+",
+        choices=["yes", "no"],
+        default=["yes"],
+        help="pair_style keep_graphs of the chunked points (each one a point)",
+    )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--limit-gb", type=float, default=20.0)
     parser.add_argument(
@@ -82,22 +101,28 @@ def main(argv: list[str] | None = None) -> None:
     plugin = build_plugin(log=lambda text: None)
     rows = []
     print(f"load average {os.getloadavg()[0]:.2f}; GMEP {args.preset} float32, 1 rank, 1 thread")
-    print(f"{'atoms':>8} {'chunk_atoms':>11} {'chunks':>7} {'us/atom/step':>13} {'peak GiB':>9}")
+    print(
+        f"{'atoms':>8} {'chunk_atoms':>11} {'keep':>5} {'chunks':>7} {'us/atom/step':>13} "
+        f"{'peak GiB':>9}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = export_model(args.preset, folder)
         for size in args.sizes:
             atoms = structures.copper(size)
-            for chunk_atoms in args.chunk_atoms:
+            points = [
+                (n, keep) for n in args.chunk_atoms for keep in (args.keep_graphs if n else ["-"])
+            ]
+            for chunk_atoms, keep in points:
                 row = run_point(
-                    plugin, model, atoms, chunk_atoms, args.steps, args.limit_gb, folder
+                    plugin, model, atoms, chunk_atoms, keep, args.steps, args.limit_gb, folder
                 )
                 rows.append(row)
                 if "error" in row:
-                    print(f"{len(atoms):>8} {chunk_atoms:>11} {row['error']}")
+                    print(f"{len(atoms):>8} {chunk_atoms:>11} {keep:>5} {row['error']}")
                 else:
                     print(
-                        f"{len(atoms):>8} {chunk_atoms:>11} {row['chunks']:>7.1f} "
+                        f"{len(atoms):>8} {chunk_atoms:>11} {keep:>5} {row['chunks']:>7.1f} "
                         f"{row['us_per_atom_step']:>13.0f} {row['peak_rss_gib']:>9.2f}"
                     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

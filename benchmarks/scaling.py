@@ -109,6 +109,9 @@ def gmep_worker(args: dict) -> dict:
     if args["chunked"]:
         row["method"] = "layerwise" if evaluator.layerwise else "halo"
         row["chunks"] = evaluator.last_chunks
+        # layer by layer: layer graphs kept for their backward, and rebuilt for lack of budget
+        row["kept_graphs"] = getattr(evaluator, "last_kept", None)
+        row["recomputed_graphs"] = getattr(evaluator, "last_recomputed", None)
         if evaluator.bytes_per_atom_layer is not None:  # None: --chunk-atoms, no probe
             row["estimated_bytes_per_atom"] = evaluator.bytes_per_atom_layer * evaluator.hops
     return {**row, "seconds": seconds, "peak_bytes": measure.peak_rss_bytes() - rss_before}
@@ -145,7 +148,13 @@ def describe(row: dict) -> str:
         f"{row['seconds'] * 1e3:10.1f} ms  {row['seconds'] / row['n_atoms'] * 1e6:8.1f} µs/atom  "
         + (cpu_text if cpu is not None else "")
         + f"{row['peak_bytes'] / 2**20:8.0f} MiB  {row['peak_bytes'] / row['n_atoms'] / 1024:6.1f} "
-        "KiB/atom" + (f"  {row['chunks']} chunks" if row.get("chunks") else "")
+        "KiB/atom"
+        + (f"  {row['chunks']} chunks" if row.get("chunks") else "")
+        + (
+            f" (layer graphs kept {row['kept_graphs']}, rebuilt {row['recomputed_graphs']})"
+            if row.get("kept_graphs") is not None and row.get("chunks")
+            else ""
+        )
     )
 
 

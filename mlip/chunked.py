@@ -4,20 +4,26 @@ Two exact methods; :class:`ChunkedEvaluator` picks the first when the model has 
 
 **Layer by layer** (models exporting ``initial_features``, ``layer_forward`` and
 ``atom_energies``, e.g. :class:`mlip.models.GMEP`). Layer t of receiver i needs only the layer-t
-input features h_t of i's senders. A no-grad sweep computes h_1 .. h_{T-1} of all atoms, chunk by
-chunk over receivers (a chunk's subgraph: its receivers, their senders, the edges into the
-receivers; no halo is recomputed). A backward sweep then goes t = T-1 .. 0, chunk by chunk:
-rebuild layer t of the chunk with autograd (leaves: positions of the subgraph, the strain, the
-senders' h_t) and take one gradient of
+input features h_t of i's senders. Each chunk of receivers has one subgraph: its receivers, their
+senders, the edges into the receivers (no halo is recomputed). The forward of layer t of a chunk
+computes h_{t+1} of its receivers; its backward takes one gradient of
 
     sum_{i in chunk} s_i c_t,i + <g_{t+1}[chunk], h_{t+1}[chunk]>
 
 where c_t,i is receiver i's layer-t energy contribution, s_i = dE/de_i the model's energy scale
-and g_{t+1} = dE/dh_{t+1}, summed from the chunks of layer t + 1. Its position and strain parts
+and g_{t+1} = dE/dh_{t+1}, summed from the backwards of layer t + 1. Its position and strain parts
 add to forces and virial, its h_t part (index-added over the senders) to g_t. Layer 0's input
-(embedding, graph state) does not depend on positions. Work: the first T - 1 layers forward once
-more than a whole-structure call (plus per-chunk edge geometry); memory: one layer of one chunk
-plus h_t and g_t of all atoms.
+(embedding, graph state) does not depend on positions.
+
+The tasks run in the order of :func:`wavefront_schedule`: a forward as soon as the chunks it
+reads hold their h_t, a backward as soon as g_{t+1} of its receivers is complete, backwards
+first. The sweep moves along the structure as a wavefront, and layer t of a chunk waits for its
+backward only until the chunks around it have passed. Its forward graph is kept for that
+backward while the kept graphs fit in the memory budget (less the stored h_t and g_t and one
+chunk's layer being built); beyond it the forward runs without autograd and the backward builds
+the layer again. Work: that of one whole-structure call (plus per-chunk edge geometry) when every
+graph is kept, at most the first T - 1 layers forward once more when none is; memory: the kept
+graphs, one layer of one chunk, and h_t and g_t of all atoms, each freed when its layer is done.
 
 **Receptive-field halo** (any local model). A message-passing model with ``T`` interaction
 layers gives atom i an energy that depends only on atoms within ``T`` hops of i in the neighbour
@@ -35,8 +41,11 @@ the sum of each chunk's strain derivative (same symmetric-strain convention as
 :class:`mlip.derivatives.ForceStress`), divided by the volume. One chunk's autograd graph is
 alive at a time, so peak memory is that of the largest chunk, not of the structure.
 
-Chunks are contiguous runs of atoms in Morton (Z-curve) order of their positions, so each one is
-a compact blob and its halo is small relative to it. The chunk size comes from a memory budget.
+Chunks are contiguous runs of atoms in an order of their positions. Halo method: Morton (Z-curve)
+order, so each chunk is a compact blob and its halo is small relative to it. Layer by layer:
+slabs along the axis of largest extent (:func:`slab_order`), so a chunk's senders lie in it and
+its neighbouring slabs and few graphs wait for their backward at once (a compact blob borders many
+more chunks). The chunk size comes from a memory budget.
 Halo method: a chunk's memory is taken as proportional to the atoms its layers compute, summed
 over layers (a halo atom two hops out costs only positions, one hop out only the first layer),
 with bytes per atom-layer measured once by a probe forward on a small chunk (bytes of tensors
@@ -48,6 +57,7 @@ CPU at most :data:`CPU_MAX_RECEIVERS`, beyond which chunks only get slower).
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +76,8 @@ __all__ = [
     "free_memory_bytes",
     "morton_order",
     "num_hops",
+    "slab_order",
+    "wavefront_schedule",
 ]
 
 # peak memory of an energy + forces call over the bytes autograd saves in its forward
@@ -134,6 +146,18 @@ def morton_order(positions: np.ndarray) -> np.ndarray:
     codes = _spread_bits(grid[:, 0]) | (_spread_bits(grid[:, 1]) << np.uint64(1))
     codes |= _spread_bits(grid[:, 2]) << np.uint64(2)
     return np.argsort(codes, kind="stable")
+
+
+def slab_order(positions: np.ndarray) -> np.ndarray:
+    """Permutation (N,) sorting atoms along the Cartesian axis of their largest extent.
+
+    Contiguous runs are slabs: a slab's neighbours lie in the few slabs beside it (and, through
+    a periodic boundary, in the last few), so the layer-by-layer schedule
+    (:func:`wavefront_schedule`) keeps each layer's graph alive only for a short window.
+    Z-curve chunks of 2k atoms border ~30 others in a 100k-atom cell against ~6 for slabs.
+    """
+    axis = int(np.argmax(np.ptp(positions, axis=0))) if len(positions) else 0
+    return np.argsort(positions[:, axis], kind="stable")
 
 
 @dataclass
@@ -209,6 +233,9 @@ class ChunkedEvaluator:
             (None before); a whole structure of N atoms needs about
             ``bytes_per_atom_layer * hops * N``.
         last_chunks: number of chunks of the last call of this evaluator (0 before any).
+        last_kept: layer by layer, forward graphs of the last call kept for their backward.
+        last_recomputed: layer by layer, layers of the last call built again for their
+            backward (their graphs did not fit in the budget).
     """
 
     def __init__(
@@ -232,7 +259,10 @@ class ChunkedEvaluator:
         self.bytes_per_atom_layer: float | None = None
         # layer by layer: bytes per atom of the stored layer inputs h_t and their gradients g_t
         self._stored_bytes_per_atom = 0.0
+        # layer by layer: bytes autograd saves per receiver of each layer (a kept graph)
+        self._saved_bytes_per_receiver: list[float] = []
         self.last_chunks = 0
+        self.last_kept = self.last_recomputed = 0
         # (atoms, atoms allowed per subgraph, owned atoms per chunk) of the last plan: MD steps
         # reuse it instead of searching again (the halo changes little from step to step)
         self._last_plan = (0, 0.0, 0)
@@ -268,11 +298,13 @@ class ChunkedEvaluator:
         n_local = data[keys.ATOMIC_NUMBERS].shape[0]
         inputs = model.initial_features(data)
         worst, stored = 1, 0
+        self._saved_bytes_per_receiver = []
         for t in range(self.hops):
             leaf = inputs.detach().requires_grad_(t > 0)
             with torch.autograd.graph.saved_tensors_hooks(*_saved_bytes_hooks(storages := {})):
                 model.layer_forward(t, leaf, data, n_owned)
             worst = max(worst, sum(storages.values()))
+            self._saved_bytes_per_receiver.append(sum(storages.values()) / n_owned)
             if t + 1 < self.hops:
                 with torch.no_grad():  # every local atom as receiver: input of layer t + 1
                     inputs = model.layer_forward(t, inputs, data, n_local)[0]
@@ -412,7 +444,8 @@ class ChunkedEvaluator:
         device = torch.device(device)
         n_atoms = graph.positions.shape[0]
         adjacency = _Adjacency.of(graph.edge_index[0], n_atoms)
-        order = torch.from_numpy(morton_order(graph.positions.numpy()))
+        sort = slab_order if self.layerwise else morton_order
+        order = torch.from_numpy(sort(graph.positions.numpy()))
         size = self._plan(graph, adjacency, order, device)
         chunks = [order[first : first + size] for first in range(0, n_atoms, size)]
         self.last_chunks = 0
@@ -472,33 +505,34 @@ class ChunkedEvaluator:
         stress: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-atom energies (N,), forces (N, 3) and virial (1, 3, 3), float64 CPU, layer by
-        layer over chunks of receivers (module docstring)."""
+        layer over chunks of receivers, in the order of :func:`wavefront_schedule` (module
+        docstring)."""
         model = self.energy_model
         n_atoms = graph.positions.shape[0]
+        hops = self.hops
         seen = torch.zeros(n_atoms, dtype=torch.bool)
         # each chunk's subgraph: receivers first, then their other senders; edges into them
-        subgraphs = []
+        chunk_of = torch.empty(n_atoms, dtype=torch.int64)
+        for c, owned in enumerate(chunks):
+            chunk_of[owned] = c
+        subgraphs, needs = [], []
         for owned in chunks:
             atoms, edges, _ = _closure(owned, adjacency, graph.edge_index[1], 1, seen)
             subgraphs.append((owned.numel(), atoms, atoms.to(device), edges))
-        # inputs[t]: (D_t, N, C) input features of layer t >= 1 of every atom
-        inputs: list[Tensor | None] = [None]
-        with torch.no_grad():
-            for t in range(self.hops - 1):
-                features = None
-                for n_owned, atoms, local_atoms, edges in subgraphs:
-                    data, _, _ = self._subgraph(graph, atoms, edges, None, device, stress=False)
-                    source = inputs[t]
-                    layer_in = (
-                        model.initial_features(data)
-                        if source is None
-                        else source.index_select(1, local_atoms)
-                    )
-                    out = model.layer_forward(t, layer_in, data, n_owned)[0]
-                    if features is None:
-                        features = out.new_empty((out.shape[0], n_atoms, out.shape[2]))
-                    features.index_copy_(1, local_atoms[:n_owned], out)
-                inputs.append(features)
+            needs.append(torch.unique(chunk_of.index_select(0, atoms)).tolist())
+        if self.bytes_per_atom_layer is None:  # chunk_atoms given: probe for the kept graphs
+            order = torch.cat(chunks)
+            self.bytes_per_atom_layer = self._measure_bytes_per_atom_layer(
+                graph, adjacency, order, device
+            )
+        # bytes the kept graphs may use: the budget less the stored features and one chunk's
+        # layer being built
+        largest = max(sub[0] for sub in subgraphs)
+        allowance = (
+            self.budget(device)
+            - self._stored_bytes_per_atom * n_atoms
+            - self.bytes_per_atom_layer * largest
+        )
         whole = {
             keys.ATOMIC_NUMBERS: graph.atomic_numbers.to(device),
             keys.BATCH: graph.batch.to(device),
@@ -510,44 +544,91 @@ class ChunkedEvaluator:
         energy = model.atom_energies(atomic, whole)[keys.ENERGY]
         (scale,) = torch.autograd.grad([energy.sum()], [atomic])
 
-        contributions: list[Tensor | None] = [None] * self.hops
+        # inputs[t] (D_t, N, C), t >= 1: layer-t input features of every atom; grads[t]: dE/dh_t
+        inputs: list[Tensor | None] = [None] * hops
+        grads_in: list[Tensor | None] = [None] * hops
+        contributions: list[Tensor | None] = [None] * hops
         forces = torch.zeros((n_atoms, 3), dtype=torch.float64, device=device)
         virial = torch.zeros((1, 3, 3), dtype=torch.float64, device=device)
-        grad_out: Tensor | None = None  # g_{t+1} = dE/dh_{t+1} of every atom
-        for t in reversed(range(self.hops)):
-            source = inputs[t]
-            grad_in = None if source is None else torch.zeros_like(source)
-            contribution = None
-            for n_owned, atoms, local_atoms, edges in subgraphs:
-                receivers = local_atoms[:n_owned]
-                data, positions, strain = self._subgraph(graph, atoms, edges, None, device, stress)
+        kept: dict[tuple[int, int], tuple] = {}
+        kept_bytes = 0.0
+        self.last_kept = self.last_recomputed = 0
+
+        def build(t: int, c: int, with_grad: bool) -> tuple:
+            """Layer t of chunk c: (positions, strain, layer input, output, contribution)."""
+            n_owned, atoms, local_atoms, edges = subgraphs[c]
+            with torch.set_grad_enabled(with_grad):
+                data, positions, strain = self._subgraph(
+                    graph, atoms, edges, None, device, stress and with_grad
+                )
+                source = inputs[t]
                 if source is None:
                     layer_in = model.initial_features(data)  # no position dependence
                 else:
-                    layer_in = source.index_select(1, local_atoms).requires_grad_(True)
-                out, chunk_contribution = model.layer_forward(t, layer_in, data, n_owned)
-                outputs = [chunk_contribution]
-                grad_outputs = [scale.index_select(0, receivers).to(chunk_contribution.dtype)]
-                if grad_out is not None:
-                    outputs.append(out)
-                    grad_outputs.append(grad_out.index_select(1, receivers))
-                wrt = [positions] + ([] if strain is None else [strain])
-                wrt += [] if source is None else [layer_in]
-                grads = torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)
-                if grads[0] is not None:
-                    forces.index_add_(0, local_atoms, grads[0], alpha=-1)
-                if strain is not None and grads[1] is not None:
-                    virial += grads[1]
-                if grad_in is not None and grads[-1] is not None:
-                    grad_in.index_add_(1, local_atoms, grads[-1])
-                if contribution is None:
-                    contribution = chunk_contribution.new_zeros(n_atoms)
-                contribution.index_copy_(0, receivers, chunk_contribution.detach())
-                del data, positions, strain, layer_in, out, outputs, grad_outputs, grads
-            contributions[t] = contribution
-            inputs[t] = None
-            grad_out = grad_in
-            self.last_chunks = len(subgraphs)
+                    layer_in = source.index_select(1, local_atoms).requires_grad_(with_grad)
+                out, contribution = model.layer_forward(t, layer_in, data, n_owned)
+            return positions, strain, layer_in, out, contribution
+
+        def record(t: int, c: int, out: Tensor, contribution: Tensor) -> None:
+            receivers = subgraphs[c][2][: subgraphs[c][0]]
+            if contributions[t] is None:
+                contributions[t] = contribution.new_zeros(n_atoms)
+            contributions[t].index_copy_(0, receivers, contribution.detach())
+            if t + 1 < hops:
+                if inputs[t + 1] is None:
+                    shape = (out.shape[0], n_atoms, out.shape[2])
+                    inputs[t + 1] = out.new_zeros(shape)
+                    grads_in[t + 1] = out.new_zeros(shape)
+                inputs[t + 1].index_copy_(1, receivers, out.detach())
+
+        schedule = wavefront_schedule(needs, hops)
+        remaining = [sum(1 for task in schedule if task[1] == t) for t in range(hops)]
+        for kind, t, c in schedule:
+            n_owned, atoms, local_atoms, edges = subgraphs[c]
+            receivers = local_atoms[:n_owned]
+            if kind == FORWARD:
+                cost = self._saved_bytes_per_receiver[t] * n_owned
+                keep = kept_bytes + cost <= allowance
+                built = build(t, c, with_grad=keep)
+                record(t, c, built[3], built[4])
+                if keep:
+                    kept[(t, c)] = built
+                    kept_bytes += cost
+                    self.last_kept += 1
+                remaining[t] -= 1
+                continue
+            if (t, c) in kept:
+                built = kept.pop((t, c))
+                kept_bytes -= self._saved_bytes_per_receiver[t] * n_owned
+            else:
+                built = build(t, c, with_grad=True)
+                if kind == BACKWARD:
+                    self.last_recomputed += 1
+                else:
+                    record(t, c, built[3], built[4])
+            positions, strain, layer_in, out, chunk_contribution = built
+            outputs = [chunk_contribution]
+            grad_outputs = [scale.index_select(0, receivers).to(chunk_contribution.dtype)]
+            grad_out = grads_in[t + 1] if t + 1 < hops else None
+            if grad_out is not None:
+                outputs.append(out)
+                grad_outputs.append(grad_out.index_select(1, receivers))
+            wrt = [positions] + ([] if strain is None else [strain])
+            wrt += [] if inputs[t] is None else [layer_in]
+            grads = torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)
+            if grads[0] is not None:
+                forces.index_add_(0, local_atoms, grads[0], alpha=-1)
+            if strain is not None and grads[1] is not None:
+                virial += grads[1]
+            if inputs[t] is not None and grads[-1] is not None:
+                grads_in[t].index_add_(1, local_atoms, grads[-1])
+            del built, positions, strain, layer_in, out, outputs, grad_outputs, grads
+            remaining[t] -= 1
+            if remaining[t] == 0:  # layer t is done: its inputs and dE/dh_{t+1} are not needed
+                inputs[t] = None
+                if t + 1 < hops:
+                    grads_in[t + 1] = None
+        self.last_chunks = len(subgraphs)
         atomic = contributions[0]
         for contribution in contributions[1:]:  # summed in layer order, as GMEP.forward does
             atomic = atomic + contribution
@@ -558,6 +639,66 @@ class ChunkedEvaluator:
             forces.to("cpu", torch.float64),
             virial.to("cpu", torch.float64),
         )
+
+
+FORWARD, BACKWARD, LAST = 0, 1, 2
+
+
+def wavefront_schedule(needs: list[list[int]], hops: int) -> list[tuple[int, int, int]]:
+    """Order of the layer-by-layer tasks ``(kind, layer t, chunk c)``, each as early as its
+    inputs allow.
+
+    ``needs[c]``: the chunks owning the atoms of chunk c's subgraph (its receivers and their
+    senders; c included). ``FORWARD`` (t < T - 1) computes h_{t+1} of c's receivers: it needs
+    ``FORWARD`` t - 1 of every chunk in ``needs[c]``. ``LAST`` (t = T - 1) is the last layer's
+    forward and backward at once. ``BACKWARD`` (t < T - 1) needs dE/dh_{t+1} of c's receivers
+    complete: the backward of layer t + 1 of every chunk whose subgraph holds them (the chunks
+    j with c in ``needs[j]``). Ready backwards go first (they release their graphs), then
+    forwards of the highest layer; a new chunk's layer 0 starts only when nothing else is
+    ready, so that a layer's graph lives only until its users have passed.
+    """
+    n_chunks = len(needs)
+    users: list[list[int]] = [[] for _ in range(n_chunks)]
+    for c, sources in enumerate(needs):
+        for j in sources:
+            users[j].append(c)
+    forward_wait = [[len(needs[c]) for c in range(n_chunks)] for _ in range(hops)]
+    backward_wait = [[len(users[c]) for c in range(n_chunks)] for _ in range(hops)]
+    tasks: list[tuple[int, int, int]] = []
+    ready: list[tuple[int, int, int]] = []  # heap of (0 backward | 1 forward, -t, c)
+
+    def forward(t: int, c: int) -> None:
+        if t == hops - 1:
+            tasks.append((LAST, t, c))
+            backward_done(t, c)
+            return
+        tasks.append((FORWARD, t, c))
+        for user in users[c]:
+            forward_wait[t + 1][user] -= 1
+            if forward_wait[t + 1][user] == 0:
+                heapq.heappush(ready, (1, -(t + 1), user))
+
+    def backward_done(t: int, c: int) -> None:
+        if t == 0:
+            return
+        for source in needs[c]:
+            backward_wait[t - 1][source] -= 1
+            if backward_wait[t - 1][source] == 0:
+                heapq.heappush(ready, (0, -(t - 1), source))
+
+    next_chunk = 0
+    while len(tasks) < (2 * hops - 1) * n_chunks:
+        if not ready:
+            forward(0, next_chunk)
+            next_chunk += 1
+            continue
+        kind, minus_t, c = heapq.heappop(ready)
+        if kind == 1:
+            forward(-minus_t, c)
+        else:
+            tasks.append((BACKWARD, -minus_t, c))
+            backward_done(-minus_t, c)
+    return tasks
 
 
 def _saved_bytes_hooks(storages: dict[int, int]) -> tuple[Any, Any]:

@@ -78,8 +78,18 @@ def _check_chunks(
             assert evaluator.layerwise  # the scripted GMEP exports the per-layer methods
             evaluator.layerwise = method == "layerwise"
             result = evaluator(graph, "cpu", stress=stress)
-            assert evaluator.last_chunks == -(-len(atoms) // size)
+            chunks = -(-len(atoms) // size)
+            assert evaluator.last_chunks == chunks
             _compare(reference, result, stress)
+            if method == "layerwise":  # every graph kept (ample budget): nothing recomputed
+                assert evaluator.last_recomputed == 0
+                assert evaluator.last_kept == (evaluator.hops - 1) * chunks
+                # no budget for kept graphs: each layer below the last is rebuilt for its backward
+                evaluator.memory_budget = 1.0
+                result = evaluator(graph, "cpu", stress=stress)
+                assert evaluator.last_kept == 0
+                assert evaluator.last_recomputed == (evaluator.hops - 1) * chunks
+                _compare(reference, result, stress)
 
 
 def test_periodic_cell_cut_by_chunks() -> None:

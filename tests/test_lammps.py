@@ -263,24 +263,34 @@ def test_two_ranks_equal_one(plugin, model64, tmp_path):
 
 # ---------------------------------------------------------------- chunks
 @pytest.mark.parametrize(
-    "structure, nprocs, chunk_atoms",
-    [("orthorhombic", 1, 1), ("orthorhombic", 1, 29), ("triclinic", 1, 7), ("large", 2, 13)],
+    "structure, nprocs, chunk_atoms, keep",
+    [
+        ("orthorhombic", 1, 1, "yes"),
+        ("orthorhombic", 1, 29, "yes"),
+        ("orthorhombic", 1, 29, "no"),
+        ("triclinic", 1, 7, "yes"),
+        ("large", 2, 13, "yes"),
+        ("large", 2, 13, "no"),
+    ],
 )
-def test_chunked_equals_whole(plugin, model64, tmp_path, structure, nprocs, chunk_atoms):
+def test_chunked_equals_whole(plugin, model64, tmp_path, structure, nprocs, chunk_atoms, keep):
     """``chunk_atoms`` (layer by layer over chunks of receivers, down to one atom per chunk,
-    across ranks) gives the whole-graph energy, forces, per-atom energies and virials."""
+    across ranks; layer graphs kept for their backward or rebuilt there) gives the whole-graph
+    energy, forces, per-atom energies and virials."""
     atoms = cu_au(repeat=3, seed=5) if structure == "large" else STRUCTURES[structure][0]()
+    chunks = f"chunk_atoms {chunk_atoms} keep_graphs {keep}"
     results = {}
-    for extra in ("", f"chunk_atoms {chunk_atoms}"):
+    for extra in ("", chunks):
         workdir = tmp_path / (extra.replace(" ", "_") or "whole")
         workdir.mkdir()
         write_data(workdir / "data.lmp", atoms, ["Cu", "Au"], simple_types(atoms))
         results[extra] = single_point(plugin, model64, workdir, "Cu Au", nprocs, extra)
-    whole, chunked = results[""], results[f"chunk_atoms {chunk_atoms}"]
+    whole, chunked = results[""], results[chunks]
     reported = re.search(r"pair_style mlip: ([0-9.]+) chunks per evaluation", chunked["log"])
     assert reported and float(reported.group(1)) > 1, chunked["log"][-1500:]
+    assert ("layer graphs rebuilt" in chunked["log"]) == (keep == "no"), chunked["log"][:1500]
     for key in ("energy", "virial", "forces", "energies", "atom_virial"):
-        assert_close(chunked[key], whole[key], 1e-10, f"{key}, chunks of {chunk_atoms} vs whole")
+        assert_close(chunked[key], whole[key], 1e-10, f"{key}, {chunks} vs whole")
 
 
 def _egnn_model(path: Path) -> Path:

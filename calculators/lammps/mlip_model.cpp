@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <queue>
+#include <tuple>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -321,7 +323,8 @@ EnergyGradients whole_graph(torch::jit::Module &model, int nlocal, const torch::
 }
 
 // Receivers of layer-by-layer chunks: the owned atoms and every atom with an incoming edge, in
-// Morton (Z-curve) order of their positions so that a chunk is compact and has few senders.
+// slabs along the axis of largest extent (as mlip.chunked.slab_order): a chunk's senders lie in
+// it and its neighbouring slabs, so few layer graphs wait for their backward at once.
 std::vector<int64_t> receivers_in_space_order(int nlocal, const std::vector<int64_t> &count,
                                               const torch::Tensor &positions_cpu) {
   const int64_t nall = static_cast<int64_t>(count.size());
@@ -337,28 +340,11 @@ std::vector<int64_t> receivers_in_space_order(int nlocal, const std::vector<int6
       lo[k] = std::min(lo[k], x[3 * i + k]);
       hi[k] = std::max(hi[k], x[3 * i + k]);
     }
-  auto spread = [](uint64_t v) {  // 21 bits -> every third bit of 63
-    v &= 0x1fffff;
-    v = (v | v << 32) & 0x1f00000000ffffULL;
-    v = (v | v << 16) & 0x1f0000ff0000ffULL;
-    v = (v | v << 8) & 0x100f00f00f00f00fULL;
-    v = (v | v << 4) & 0x10c30c30c30c30c3ULL;
-    v = (v | v << 2) & 0x1249249249249249ULL;
-    return v;
-  };
-  std::vector<std::pair<uint64_t, int64_t>> keyed;
-  keyed.reserve(atoms.size());
-  for (int64_t i : atoms) {
-    uint64_t key = 0;
-    for (int k = 0; k < 3; ++k) {
-      const double span = hi[k] - lo[k];
-      const double unit = span > 0 ? (x[3 * i + k] - lo[k]) / span : 0.0;
-      key |= spread(static_cast<uint64_t>(unit * 2097151.0)) << k;
-    }
-    keyed.emplace_back(key, i);
-  }
-  std::sort(keyed.begin(), keyed.end());
-  for (size_t k = 0; k < keyed.size(); ++k) atoms[k] = keyed[k].second;
+  int axis = 0;
+  for (int k = 1; k < 3; ++k)
+    if (hi[k] - lo[k] > hi[axis] - lo[axis]) axis = k;
+  std::stable_sort(atoms.begin(), atoms.end(),
+                   [&](int64_t i, int64_t j) { return x[3 * i + axis] < x[3 * j + axis]; });
   return atoms;
 }
 
@@ -369,6 +355,7 @@ struct Chunk {
   torch::Tensor receivers;   // (n_receivers,) = atoms[:n_receivers], device
   torch::Tensor edges;       // (E_c,) edge ids, device
   torch::Tensor edge_index;  // (2, E_c) local indices, device
+  std::vector<int> needs;    // chunks owning the receivers among its atoms (itself included)
 };
 
 std::vector<Chunk> plan_chunks(int nlocal, int64_t chunk_atoms, const torch::Tensor &edge_index,
@@ -388,6 +375,9 @@ std::vector<Chunk> plan_chunks(int nlocal, int64_t chunk_atoms, const torch::Ten
 
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   std::vector<int64_t> local(nall, -1);
+  std::vector<int> chunk_of(nall, -1);
+  for (size_t k = 0; k < atoms.size(); ++k)
+    chunk_of[atoms[k]] = static_cast<int>(k / static_cast<size_t>(chunk_atoms));
   std::vector<Chunk> chunks;
   for (size_t first = 0; first < atoms.size(); first += static_cast<size_t>(chunk_atoms)) {
     const size_t last = std::min(atoms.size(), first + static_cast<size_t>(chunk_atoms));
@@ -408,6 +398,10 @@ std::vector<Chunk> plan_chunks(int nlocal, int64_t chunk_atoms, const torch::Ten
     for (int64_t e : edges) rows.push_back(local[sender[e]]);
     for (int64_t i : members) local[i] = -1;
     Chunk chunk;
+    for (int64_t i : members)
+      if (chunk_of[i] >= 0) chunk.needs.push_back(chunk_of[i]);
+    std::sort(chunk.needs.begin(), chunk.needs.end());
+    chunk.needs.erase(std::unique(chunk.needs.begin(), chunk.needs.end()), chunk.needs.end());
     chunk.n_receivers = static_cast<int64_t>(last - first);
     const int64_t n_edges_chunk = static_cast<int64_t>(edges.size());
     chunk.atoms = torch::tensor(members, i64).to(device);
@@ -419,15 +413,81 @@ std::vector<Chunk> plan_chunks(int nlocal, int64_t chunk_atoms, const torch::Ten
   return chunks;
 }
 
-// Layer by layer over chunks of receivers, as mlip.chunked's layer-by-layer method: a no-grad
-// sweep stores every layer's input features of all atoms; a backward sweep from the last layer
-// down rebuilds one layer of one chunk at a time with autograd and passes dE/d(features) to the
-// layer before. Atoms that receive no edge (the outermost ghosts) keep zero features beyond
-// layer 0: they only send to ghosts whose outputs no owned energy depends on.
+// The layer-by-layer tasks (as mlip.chunked.wavefront_schedule): Forward t < T - 1 computes
+// h_{t+1} of a chunk's receivers once every chunk in its needs has done Forward t - 1; Last is the
+// last layer's forward and backward at once; Backward t < T - 1 runs once dE/dh_{t+1} of its
+// receivers is complete (the backwards of layer t + 1 of every chunk that reads them). Ready
+// backwards go first, then forwards of the highest layer; a new chunk's layer 0 starts only when
+// nothing else is ready, so a layer's graph waits for its backward only while its neighbours pass.
+enum class Task { Forward, Backward, Last };
+struct Step {
+  Task kind;
+  int t;
+  int c;
+};
+
+std::vector<Step> wavefront_schedule(const std::vector<Chunk> &chunks, int hops) {
+  const int n = static_cast<int>(chunks.size());
+  std::vector<std::vector<int>> users(n);
+  for (int c = 0; c < n; ++c)
+    for (int j : chunks[c].needs) users[j].push_back(c);
+  std::vector<std::vector<size_t>> forward_wait(hops), backward_wait(hops);
+  for (int t = 0; t < hops; ++t)
+    for (int c = 0; c < n; ++c) {
+      forward_wait[t].push_back(chunks[c].needs.size());
+      backward_wait[t].push_back(users[c].size());
+    }
+  // (0 backward | 1 forward, -t, c), smallest first
+  std::priority_queue<std::tuple<int, int, int>, std::vector<std::tuple<int, int, int>>,
+                      std::greater<std::tuple<int, int, int>>>
+      ready;
+  std::vector<Step> steps;
+  auto backward_done = [&](int t, int c) {
+    if (t == 0) return;
+    for (int source : chunks[c].needs)
+      if (--backward_wait[t - 1][source] == 0) ready.emplace(0, -(t - 1), source);
+  };
+  auto forward = [&](int t, int c) {
+    if (t == hops - 1) {
+      steps.push_back({Task::Last, t, c});
+      backward_done(t, c);
+      return;
+    }
+    steps.push_back({Task::Forward, t, c});
+    for (int user : users[c])
+      if (--forward_wait[t + 1][user] == 0) ready.emplace(1, -(t + 1), user);
+  };
+  const size_t total = static_cast<size_t>(2 * hops - 1) * static_cast<size_t>(n);
+  int next_chunk = 0;
+  while (steps.size() < total) {
+    if (ready.empty()) {
+      if (next_chunk >= n) throw std::runtime_error("layer-by-layer schedule stalled (a bug)");
+      forward(0, next_chunk++);
+      continue;
+    }
+    const auto [kind, minus_t, c] = ready.top();
+    ready.pop();
+    if (kind == 1) {
+      forward(-minus_t, c);
+    } else {
+      steps.push_back({Task::Backward, -minus_t, c});
+      backward_done(-minus_t, c);
+    }
+  }
+  return steps;
+}
+
+// Layer by layer over chunks of receivers, as mlip.chunked's layer-by-layer method, in the order
+// of wavefront_schedule. A forward (t < T - 1) stores h_{t+1} of its receivers; with keep_graphs
+// its autograd graph waits for the chunk's backward, otherwise it runs without autograd and the
+// backward builds the layer again (least memory: one layer of one chunk). A backward takes one
+// gradient of the chunk's energy contributions plus <dE/dh_{t+1}, h_{t+1}> over its receivers and
+// passes dE/dh_t to its senders. Atoms that receive no edge (the outermost ghosts) keep zero
+// features beyond layer 0: they only send to ghosts whose outputs no owned energy depends on.
 EnergyGradients layer_by_layer(torch::jit::Module &model, int num_layers, int nlocal,
                                const std::vector<Chunk> &chunks, const torch::Tensor &positions,
                                const torch::Tensor &numbers, const torch::Tensor &shifts,
-                               bool edge_grad) {
+                               bool edge_grad, bool keep_graphs) {
   const int64_t nall = positions.size(0);
   const auto device = positions.device();
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
@@ -435,34 +495,47 @@ EnergyGradients layer_by_layer(torch::jit::Module &model, int num_layers, int nl
   torch::jit::Method initial_features = model.get_method("initial_features");
   torch::jit::Method layer_forward = model.get_method("layer_forward");
   torch::jit::Method atom_energies = model.get_method("atom_energies");
-  auto chunk_input = [&](const Chunk &chunk, torch::Tensor &pos, torch::Tensor &edge_shifts,
-                         bool grad) {
-    pos = positions.index_select(0, chunk.atoms).detach();
-    edge_shifts = shifts.index_select(0, chunk.edges).detach();
-    if (grad) pos.requires_grad_(true);
-    if (grad && edge_grad) edge_shifts.requires_grad_(true);
-    return graph_input(pos, numbers.index_select(0, chunk.atoms), chunk.edge_index, edge_shifts);
+
+  // inputs[t]: (D_t, nall, C) input features of layer t >= 1 (inputs[0] stays undefined);
+  // grads[t]: dE/dh_t. Each pair is freed once its layer is done.
+  std::vector<torch::Tensor> inputs(num_layers), grads(num_layers);
+  std::vector<torch::Tensor> contributions(num_layers);  // (nall,) per layer, model dtype
+
+  struct Built {
+    torch::Tensor pos, edge_shifts, layer_in, out, contribution;
+  };
+  auto build = [&](int t, const Chunk &chunk, bool grad) {
+    c10::AutoGradMode mode(grad);
+    Built b;
+    b.pos = positions.index_select(0, chunk.atoms).detach();
+    b.edge_shifts = shifts.index_select(0, chunk.edges).detach();
+    if (grad) b.pos.requires_grad_(true);
+    if (grad && edge_grad) b.edge_shifts.requires_grad_(true);
+    auto data = graph_input(b.pos, numbers.index_select(0, chunk.atoms), chunk.edge_index,
+                            b.edge_shifts);
+    if (t == 0) {
+      b.layer_in = initial_features({data}).toTensor();  // no position dependence
+    } else {
+      b.layer_in = inputs[t].index_select(1, chunk.atoms);
+      if (grad) b.layer_in.requires_grad_(true);
+    }
+    auto result = layer_forward({t, b.layer_in, data, chunk.n_receivers}).toTuple();
+    b.out = result->elements()[0].toTensor();
+    b.contribution = result->elements()[1].toTensor();
+    return b;
+  };
+  auto record = [&](int t, const Chunk &chunk, const Built &b) {
+    if (!contributions[t].defined()) contributions[t] = torch::zeros({nall}, b.contribution.options());
+    contributions[t].index_copy_(0, chunk.receivers, b.contribution.detach());
+    if (t + 1 < num_layers) {
+      if (!inputs[t + 1].defined()) {
+        inputs[t + 1] = torch::zeros({b.out.size(0), nall, b.out.size(2)}, b.out.options());
+        grads[t + 1] = torch::zeros_like(inputs[t + 1]);
+      }
+      inputs[t + 1].index_copy_(1, chunk.receivers, b.out.detach());
+    }
   };
 
-  // inputs[t]: (D_t, nall, C) input features of layer t >= 1 (inputs[0] stays undefined)
-  std::vector<torch::Tensor> inputs(num_layers);
-  {
-    torch::NoGradGuard no_grad;
-    for (int t = 0; t + 1 < num_layers; ++t) {
-      torch::Tensor features;
-      for (const Chunk &chunk : chunks) {
-        torch::Tensor pos, edge_shifts;
-        auto data = chunk_input(chunk, pos, edge_shifts, false);
-        torch::Tensor layer_in = t == 0 ? initial_features({data}).toTensor()
-                                        : inputs[t].index_select(1, chunk.atoms);
-        torch::Tensor out =
-            layer_forward({t, layer_in, data, chunk.n_receivers}).toTuple()->elements()[0].toTensor();
-        if (!features.defined()) features = torch::zeros({out.size(0), nall, out.size(2)}, out.options());
-        features.index_copy_(1, chunk.receivers, out);
-      }
-      inputs[t + 1] = features;
-    }
-  }
   c10::Dict<std::string, torch::Tensor> whole;
   whole.insert("atomic_numbers", numbers);
   whole.insert("batch", torch::zeros({nall}, i64));
@@ -477,40 +550,47 @@ EnergyGradients layer_by_layer(torch::jit::Module &model, int num_layers, int nl
   EnergyGradients out;
   out.dpos = torch::zeros({nall, 3}, f64);
   if (edge_grad) out.dshift = torch::zeros({shifts.size(0), 3}, f64);
-  std::vector<torch::Tensor> contributions(num_layers);  // (nall,) per layer, model dtype
-  torch::Tensor grad_out;     // dE/d(output of layer t) of every atom
-  for (int t = num_layers - 1; t >= 0; --t) {
-    torch::Tensor grad_in = t > 0 ? torch::zeros_like(inputs[t]) : torch::Tensor();
-    torch::Tensor contribution;
-    for (const Chunk &chunk : chunks) {
-      torch::Tensor pos, edge_shifts;
-      auto data = chunk_input(chunk, pos, edge_shifts, true);
-      torch::Tensor layer_in = t == 0 ? initial_features({data}).toTensor()
-                                      : inputs[t].index_select(1, chunk.atoms).requires_grad_(true);
-      auto result = layer_forward({t, layer_in, data, chunk.n_receivers}).toTuple();
-      torch::Tensor layer_out = result->elements()[0].toTensor();
-      torch::Tensor chunk_contribution = result->elements()[1].toTensor();
-      std::vector<torch::Tensor> outputs{chunk_contribution};
-      std::vector<torch::Tensor> grad_outputs{
-          scale.index_select(0, chunk.receivers).to(chunk_contribution.scalar_type())};
-      if (grad_out.defined()) {
-        outputs.push_back(layer_out);
-        grad_outputs.push_back(grad_out.index_select(1, chunk.receivers));
-      }
-      std::vector<torch::Tensor> wrt{pos};
-      if (edge_grad) wrt.push_back(edge_shifts);
-      if (t > 0) wrt.push_back(layer_in);
-      auto grads = torch::autograd::grad(outputs, wrt, grad_outputs, false, false, true);
-      if (grads[0].defined()) out.dpos.index_add_(0, chunk.atoms, grads[0].to(torch::kFloat64));
-      if (edge_grad && grads[1].defined())
-        out.dshift.index_add_(0, chunk.edges, grads[1].to(torch::kFloat64));
-      if (t > 0 && grads.back().defined()) grad_in.index_add_(1, chunk.atoms, grads.back());
-      if (!contribution.defined()) contribution = torch::zeros({nall}, chunk_contribution.options());
-      contribution.index_copy_(0, chunk.receivers, chunk_contribution.detach());
+  const std::vector<Step> steps = wavefront_schedule(chunks, num_layers);
+  std::vector<size_t> remaining(num_layers, 0);
+  for (const Step &step : steps) ++remaining[step.t];
+  std::map<std::pair<int, int>, Built> kept;
+  for (const Step &step : steps) {
+    const int t = step.t;
+    const Chunk &chunk = chunks[step.c];
+    if (step.kind == Task::Forward) {
+      Built b = build(t, chunk, keep_graphs);
+      record(t, chunk, b);
+      if (keep_graphs) kept.emplace(std::make_pair(t, step.c), std::move(b));
+      --remaining[t];
+      continue;
     }
-    contributions[t] = contribution;
-    inputs[t] = torch::Tensor();
-    grad_out = grad_in;
+    Built b;
+    auto found = kept.find({t, step.c});
+    if (found != kept.end()) {
+      b = std::move(found->second);
+      kept.erase(found);
+    } else {
+      b = build(t, chunk, true);
+      if (step.kind == Task::Last) record(t, chunk, b);
+    }
+    std::vector<torch::Tensor> outputs{b.contribution};
+    std::vector<torch::Tensor> grad_outputs{
+        scale.index_select(0, chunk.receivers).to(b.contribution.scalar_type())};
+    if (t + 1 < num_layers) {
+      outputs.push_back(b.out);
+      grad_outputs.push_back(grads[t + 1].index_select(1, chunk.receivers));
+    }
+    std::vector<torch::Tensor> wrt{b.pos};
+    if (edge_grad) wrt.push_back(b.edge_shifts);
+    if (t > 0) wrt.push_back(b.layer_in);
+    auto g = torch::autograd::grad(outputs, wrt, grad_outputs, false, false, true);
+    if (g[0].defined()) out.dpos.index_add_(0, chunk.atoms, g[0].to(torch::kFloat64));
+    if (edge_grad && g[1].defined()) out.dshift.index_add_(0, chunk.edges, g[1].to(torch::kFloat64));
+    if (t > 0 && g.back().defined()) grads[t].index_add_(1, chunk.atoms, g.back());
+    if (--remaining[t] == 0) {  // layer t is done: its inputs and dE/dh_{t+1} are not needed
+      inputs[t] = torch::Tensor();
+      if (t + 1 < num_layers) grads[t + 1] = torch::Tensor();
+    }
   }
   torch::Tensor atomic = contributions[0];
   for (int t = 1; t < num_layers; ++t) atomic = atomic + contributions[t];  // as forward sums
@@ -529,6 +609,7 @@ struct Model::Impl {
   torch::Device device{torch::kCPU};
   torch::jit::Module energy_model;
   int64_t chunk_atoms = 0;
+  bool keep_graphs = true;
   int last_chunks = 0;
 };
 
@@ -576,6 +657,8 @@ void Model::set_chunk_atoms(int64_t atoms) {
 
 int64_t Model::chunk_atoms() const { return impl_->chunk_atoms; }
 
+void Model::set_keep_graphs(bool keep) { impl_->keep_graphs = keep; }
+
 int Model::last_chunks() const { return impl_->last_chunks; }
 
 void Model::evaluate(int nlocal, int nall, const double *positions,
@@ -607,7 +690,7 @@ void Model::evaluate(int nlocal, int nall, const double *positions,
       chunks = plan_chunks(nlocal, impl_->chunk_atoms, edge_index, pos, device);
     if (chunks.size() > 1) {
       result = layer_by_layer(impl_->energy_model, impl_->info.num_interactions, nlocal, chunks,
-                              pos, numbers, edge_shifts, edge_grad);
+                              pos, numbers, edge_shifts, edge_grad, impl_->keep_graphs);
     } else {
       result = whole_graph(impl_->energy_model, nlocal, pos, numbers, edge_index, edge_shifts,
                            edge_grad);

@@ -39,13 +39,18 @@ class Model {
 
   const ModelInfo &info() const;
 
-  // Evaluate layer by layer over chunks of at most ``atoms`` receiving atoms, one chunk's
-  // autograd graph of one layer alive at a time (as mlip.chunked does for the ASE side);
+  // Evaluate layer by layer over chunks of at most ``atoms`` receiving atoms (as mlip.chunked
+  // does for the ASE side);
   // 0: the whole graph in one call (the default). Throws std::runtime_error when atoms < 0
   // or the model does not export the layer-by-layer methods (initial_features,
   // layer_forward, atom_energies).
   void set_chunk_atoms(int64_t atoms);
   int64_t chunk_atoms() const;
+  // Chunks: keep each layer's forward graph until its backward (the default; the scheduled
+  // sweep keeps only the graphs of the chunks around the wavefront, and works as one
+  // whole-graph call) or rebuild it there (one layer of one chunk alive: least memory, the
+  // first num_interactions - 1 layers computed twice).
+  void set_keep_graphs(bool keep);
   // Chunks of the last evaluate() call (1 for a whole-graph call).
   int last_chunks() const;
 

@@ -2,6 +2,7 @@
 //
 //   plugin load <path printed by mlip-lammps build>
 //   pair_style mlip model.pt [device cpu|cuda|cuda:N] [threads N] [chunk_atoms N]
+//                   [keep_graphs yes|no]
 //   pair_coeff * * Cu Au
 //
 // Physics: a full neighbour list that includes ghost atoms' neighbours; the graph is the owned
@@ -13,9 +14,12 @@
 // receptive field (num_interactions x cutoff), so owned atoms' energies equal those of the
 // whole periodic system.
 //
-// chunk_atoms N (GMEP models): evaluate layer by layer over chunks of at most N receiving atoms,
-// one chunk's autograd graph of one layer alive at a time, for ranks whose atoms do not fit in
-// memory in one call; results equal the whole-graph call (to rounding). 0, the default: no chunks.
+// chunk_atoms N (GMEP models): evaluate layer by layer over chunks of at most N receiving atoms
+// (slabs of the rank's atoms, swept as a wavefront), for ranks whose atoms do not fit in memory in
+// one call; results equal the whole-graph call (to rounding). 0, the default: no chunks.
+// keep_graphs yes (default) keeps each layer's graph of a chunk until its backward, which comes
+// once the neighbouring chunks have passed: about the work of one whole-graph call. no: one
+// layer of one chunk alive at a time, rebuilt for its backward (least memory, more work).
 #include "pair_mlip.h"
 
 #include "atom.h"
@@ -99,6 +103,7 @@ void PairMLIP::settings(int narg, char **arg)
   std::string device = "cpu";
   int threads = 1;    // one torch thread per MPI rank unless asked for more
   bigint chunk_atoms = 0;
+  bool keep_graphs = true;
   for (int i = 1; i < narg; i += 2) {
     const std::string key = arg[i];
     if (i + 1 >= narg) error->all(FLERR, "pair_style mlip: keyword {} needs a value", key);
@@ -112,8 +117,10 @@ void PairMLIP::settings(int narg, char **arg)
       if (chunk_atoms < 0)
         error->all(FLERR, "pair_style mlip: chunk_atoms must be >= 0 (0: no chunks), got {}",
                    chunk_atoms);
+    } else if (key == "keep_graphs") {
+      keep_graphs = utils::logical(FLERR, arg[i + 1], false, lmp) == 1;
     } else {
-      error->all(FLERR, "pair_style mlip: unknown keyword {} (known: device, threads, chunk_atoms)", key);
+      error->all(FLERR, "pair_style mlip: unknown keyword {} (known: device, threads, chunk_atoms, keep_graphs)", key);
     }
   }
   try {
@@ -123,6 +130,7 @@ void PairMLIP::settings(int narg, char **arg)
   }
   try {
     model->set_chunk_atoms(chunk_atoms);
+    model->set_keep_graphs(keep_graphs);
   } catch (const std::exception &err) {
     error->all(FLERR, "pair_style mlip: {}: {}", model_path, err.what());
   }
@@ -134,7 +142,9 @@ void PairMLIP::settings(int narg, char **arg)
                    "device {}, {} torch thread(s) per rank{})\n",
                    model_path, model->info().dtype, cutoff, model->info().num_interactions,
                    receptive_field, device, threads,
-                   chunk_atoms > 0 ? ", chunks of " + std::to_string(chunk_atoms) + " atoms" : std::string());
+                   chunk_atoms > 0 ? ", chunks of " + std::to_string(chunk_atoms) + " atoms" +
+                                        (keep_graphs ? "" : ", layer graphs rebuilt")
+                                  : std::string());
 }
 
 void PairMLIP::coeff(int narg, char **arg)
