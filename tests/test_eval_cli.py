@@ -180,7 +180,7 @@ def test_memory_budget_chunks_large_structures_exactly(data, capsys, monkeypatch
     write("big.extxyz", frames)
     assert main(["big.extxyz", "--model", _model(), "-o", "whole.extxyz"]) == 0
     assert chunks == []
-    argv = ["big.extxyz", "--model", _model(), "-o", "chunked.extxyz", "--memory-budget", "0.06"]
+    argv = ["big.extxyz", "--model", _model(), "-o", "chunked.extxyz", "--memory-budget", "0.01"]
     assert main(argv) == 0
     assert len(chunks) == 2 and min(chunks) > 1
     argv = ["big.extxyz", "--model", _model(), "--memory-budget", "1e-6"]  # not one atom

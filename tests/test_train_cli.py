@@ -166,6 +166,39 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "not a folder" in error
 
 
+def test_export_of_a_model_file_keeps_weights_and_info(tmp_path: Path) -> None:
+    """``mlip-export old.pt -o new.pt`` rewrites an exported file with the current exporter:
+    same energies, forces and stress, same training information, layer methods present."""
+    import torch
+
+    import mlip.export
+    from mlip.models import build_model
+
+    model = build_model(species=[29], cutoff=3.0, preset="small", channels=4, mixer_channels=8)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # untrained weights would all look alike; make them distinct
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    old = mlip.export.save(model, tmp_path / "old.pt", dataset={"train": "cu.extxyz"}, epochs=3)
+    new = tmp_path / "new.pt"
+    assert export_main([str(old), "-o", str(new)]) == 0
+    assert mlip.export.read_metadata(new)["info"] == mlip.export.read_metadata(old)["info"]
+    scripted, _ = mlip.export.load(new, device="cpu")
+    assert hasattr(scripted.energy_model, "layer_forward")
+
+    from calculators import MLIPCalculator
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    results = []
+    for path in (old, new):
+        atoms.calc = MLIPCalculator(str(path))
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    assert results[1][0] == pytest.approx(results[0][0], abs=1e-9)
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    np.testing.assert_array_equal(results[1][2], results[0][2])
+
+
 def test_ctrl_c_says_how_to_resume_and_export(
     tmp_path: Path, good_file: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:

@@ -2,7 +2,10 @@
 
 Rebuilds the model from the configuration stored in the checkpoint, loads the EMA weights
 (``--weights best`` for the best EMA model seen in validation, the default, or ``ema`` /
-``raw``) and writes it with :func:`mlip.export.save`.
+``raw``) and writes it with :func:`mlip.export.save`. Given an exported model file instead
+(``mlip-export old.pt -o new.pt``), it writes the same weights and training information with
+the current exporter, so a file from an older version gains what the exporter adds since (for
+example the layer-by-layer methods of chunked evaluation).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mlip-export", description="Export a training checkpoint as one TorchScript file."
     )
-    parser.add_argument("checkpoint", help="checkpoint.pt written by mlip-train")
+    parser.add_argument(
+        "checkpoint", help="checkpoint.pt written by mlip-train, or a model file to re-export"
+    )
     parser.add_argument("-o", "--output", default="model.pt", help="output file")
     parser.add_argument(
         "--weights",
@@ -37,9 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(1, f"mlip-export: error: {args.checkpoint}: no such checkpoint\n")
     check_writable_dir(Path(args.output).resolve().parent, "output folder")
 
+    import mlip.export
     from training.checkpoint import load_checkpoint
-    from training.model_io import export_model, rebuild_model
+    from training.model_io import export_model, load_pretrained, rebuild_model
 
+    try:
+        mlip.export.read_metadata(args.checkpoint)
+    except mlip.export.ModelFileError:
+        pass  # not an exported model: a checkpoint
+    else:
+        model, metadata = load_pretrained(args.checkpoint)
+        mlip.export.save(model.eval(), args.output, **metadata.get("info", {}))
+        print(f"wrote {args.output} (re-exported {args.checkpoint})")
+        return 0
     try:
         checkpoint = load_checkpoint(args.checkpoint)
         checkpoint["model_config"], checkpoint["config"]  # noqa: B018 - present in every one

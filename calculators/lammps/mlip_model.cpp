@@ -650,7 +650,7 @@ void Model::set_chunk_atoms(int64_t atoms) {
         throw std::runtime_error(
             std::string("this model cannot be evaluated in chunks (it exports no ") + name +
             " method: not a GMEP model, or a GMEP file exported before layer-by-layer "
-            "evaluation existed, which mlip-export can re-export from its checkpoint); drop "
+            "evaluation existed: re-export it with mlip-export OLD.pt -o NEW.pt); drop "
             "chunk_atoms");
   impl_->chunk_atoms = atoms;
 }
