@@ -143,10 +143,14 @@ def describe(row: dict) -> str:
     if row.get("oom"):
         return "does not fit"
     cpu = row.get("cpu_seconds")
-    cpu_text = f"(CPU {cpu / row['n_atoms'] * 1e6:.1f}, sys {row['sys_seconds']:.1f} s)  "
+    cpu_text = (
+        ""
+        if cpu is None
+        else f"(CPU {cpu / row['n_atoms'] * 1e6:.1f}, sys {row['sys_seconds']:.1f} s)  "
+    )
     return (
         f"{row['seconds'] * 1e3:10.1f} ms  {row['seconds'] / row['n_atoms'] * 1e6:8.1f} µs/atom  "
-        + (cpu_text if cpu is not None else "")
+        + cpu_text
         + f"{row['peak_bytes'] / 2**20:8.0f} MiB  {row['peak_bytes'] / row['n_atoms'] / 1024:6.1f} "
         "KiB/atom"
         + (f"  {row['chunks']} chunks" if row.get("chunks") else "")
@@ -272,18 +276,6 @@ def main() -> None:
                     (system, mace_sizes, f"MACE {dtype}", worker, {"dtype": dtype}, mace_env)
                 )
 
-    rows = []
-    allocator = args.preload or f"glibc ({args.allocator})"
-    print(f"{args.threads} threads, allocator {allocator}, limit {args.limit_gb} GB")
-    for system, sizes, label, command, extra, env in jobs:
-        for n in sizes:
-            payload = {**common, **extra, "system": system, "n_atoms": n}
-            row = {**run_point(command, payload, args.timeout, env), **payload, "label": label}
-            rows.append(row)
-            print(f"{system:7s} {label:22s} {n:7d}  {describe(row)}", flush=True)
-            if "failed" in row or row.get("oom"):
-                break  # larger systems of this run will not fit either
-
     import torch
 
     meta = {
@@ -294,7 +286,18 @@ def main() -> None:
         "preload": args.preload,
         **common,
     }
-    measure.write_record(args.out, meta, rows)
+    rows = []
+    allocator = args.preload or f"glibc ({args.allocator})"
+    print(f"{args.threads} threads, allocator {allocator}, limit {args.limit_gb} GB")
+    for system, sizes, label, command, extra, env in jobs:
+        for n in sizes:
+            payload = {**common, **extra, "system": system, "n_atoms": n}
+            row = {**run_point(command, payload, args.timeout, env), **payload, "label": label}
+            rows.append(row)
+            print(f"{system:7s} {label:22s} {n:7d}  {describe(row)}", flush=True)
+            measure.write_record(args.out, meta, rows)  # after every point: a crash keeps them
+            if "failed" in row or row.get("oom"):
+                break  # larger systems of this run will not fit either
     png = args.out.with_suffix(".png")
     plot(rows, png)
     print(f"wrote {png}")
